@@ -1,0 +1,250 @@
+//! `/etc/ghost/ghost.toml`: hostname, modules, network, security mode, console ttys.
+//!
+//! Every key is checked on its own: an unknown key or a wrong value is one clear line naming
+//! the file and the key, that key keeps its default, and every other key still applies. A
+//! missing file means all defaults. PID 1 never refuses to boot over its configuration.
+
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+/// The machine-wide settings PID 1 reads at boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GhostConfig {
+    pub hostname: String,
+    /// Kernel modules to load, by name (`virtio_net`) as modules.dep knows them.
+    pub modules: Vec<String>,
+    pub security: SecurityMode,
+    pub network: Network,
+    pub console: Console,
+    /// Seconds a service gets between its stop signal and SIGKILL at shutdown.
+    pub stop_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecurityMode {
+    Safe,
+    Normal,
+    Paranoid,
+    Trusted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// `dhcp`, `static` or `off`.
+    #[serde(default = "Network::default_mode")]
+    pub mode: String,
+    /// Interface name; the first Ethernet interface when absent.
+    pub interface: Option<String>,
+    /// `ADDR/PREFIX` for `static`.
+    pub address: Option<String>,
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+}
+
+impl Network {
+    fn default_mode() -> String {
+        "dhcp".into()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Console {
+    /// Terminal of the operator TUI.
+    #[serde(default = "Console::default_tui")]
+    pub tui: String,
+    /// Headless serial port that also carries the operator TUI, if any.
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+impl Console {
+    fn default_tui() -> String {
+        "tty2".into()
+    }
+}
+
+impl Default for GhostConfig {
+    fn default() -> Self {
+        GhostConfig {
+            hostname: "ghost".into(),
+            modules: Vec::new(),
+            security: SecurityMode::Normal,
+            network: Network { mode: Network::default_mode(), ..Network::default() },
+            console: Console { tui: Console::default_tui(), serial: None },
+            stop_timeout_s: 5,
+        }
+    }
+}
+
+/// A configuration together with the complaints found while reading it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: GhostConfig,
+    pub problems: Vec<String>,
+}
+
+impl GhostConfig {
+    /// Reads `path`; a missing file is all defaults (said once), anything else is per key.
+    pub fn load(path: &Path) -> Loaded {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Loaded {
+                config: GhostConfig::default(),
+                problems: vec![format!("{}: not found; using defaults", path.display())],
+            },
+            Err(e) => Loaded {
+                config: GhostConfig::default(),
+                problems: vec![format!("{}: cannot read ({e}); using defaults", path.display())],
+            },
+        }
+    }
+
+    /// Parses the text of a ghost.toml; `origin` names it in messages.
+    pub fn parse(text: &str, origin: &str) -> Loaded {
+        let mut config = GhostConfig::default();
+        let mut problems = Vec::new();
+        let table: toml::Table = match toml::from_str(text) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(format!("{origin}: not valid TOML, using defaults: {}", one_line(&e.to_string())));
+                return Loaded { config, problems };
+            }
+        };
+        for (key, value) in table {
+            let mut take = |result: Result<(), String>| {
+                if let Err(why) = result {
+                    problems.push(format!("{origin}: key `{key}`: {why}; using the default"));
+                }
+            };
+            match key.as_str() {
+                "hostname" => take(field(value).and_then(|h: String| {
+                    valid_hostname(&h)?;
+                    config.hostname = h;
+                    Ok(())
+                })),
+                "modules" => take(field(value).map(|m: Vec<String>| config.modules = m)),
+                "security" => take(field(value).map(|s| config.security = s)),
+                "network" => take(field(value).and_then(|n: Network| {
+                    if !matches!(n.mode.as_str(), "dhcp" | "static" | "off") {
+                        return Err(format!("mode `{}` is not one of dhcp, static, off", n.mode));
+                    }
+                    if n.mode == "static" && n.address.is_none() {
+                        return Err("mode `static` needs `address = \"ADDR/PREFIX\"`".into());
+                    }
+                    config.network = n;
+                    Ok(())
+                })),
+                "console" => take(field(value).map(|c| config.console = c)),
+                "stop_timeout_s" => take(field(value).map(|s| config.stop_timeout_s = s)),
+                _ => problems.push(format!(
+                    "{origin}: unknown key `{key}` (known: hostname, modules, security, network, console, stop_timeout_s); ignored"
+                )),
+            }
+        }
+        Loaded { config, problems }
+    }
+}
+
+fn field<T: DeserializeOwned>(value: toml::Value) -> Result<T, String> {
+    value.try_into().map_err(|e: toml::de::Error| one_line(&e.to_string()))
+}
+
+/// Collapses a multi-line parser message (with its source excerpt) into one console line.
+pub fn one_line(msg: &str) -> String {
+    msg.split('\n').map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|')).collect::<Vec<_>>().join(": ")
+}
+
+/// RFC 1123 host name: 1..=63 letters, digits and inner hyphens (one label; no domain here).
+pub fn valid_hostname(h: &str) -> Result<(), String> {
+    let ok = !h.is_empty()
+        && h.len() <= 63
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !h.starts_with('-')
+        && !h.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{h}` is not a valid host name (1-63 letters, digits and inner hyphens)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_file_is_read() {
+        let l = GhostConfig::parse(
+            r#"
+hostname = "box-1"
+modules = ["virtio_net", "virtio_blk"]
+security = "paranoid"
+stop_timeout_s = 9
+[network]
+mode = "static"
+address = "10.0.2.15/24"
+gateway = "10.0.2.2"
+dns = ["10.0.2.3"]
+[console]
+tui = "tty3"
+serial = "ttyS1"
+"#,
+            "ghost.toml",
+        );
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        let c = l.config;
+        assert_eq!(c.hostname, "box-1");
+        assert_eq!(c.modules, ["virtio_net", "virtio_blk"]);
+        assert_eq!(c.security, SecurityMode::Paranoid);
+        assert_eq!(c.stop_timeout_s, 9);
+        assert_eq!(c.network.address.as_deref(), Some("10.0.2.15/24"));
+        assert_eq!(c.console.tui, "tty3");
+    }
+
+    #[test]
+    fn unknown_key_is_named_and_the_rest_still_applies() {
+        let l = GhostConfig::parse("hostnme = \"x\"\nhostname = \"real\"\n", "/etc/ghost/ghost.toml");
+        assert_eq!(l.config.hostname, "real");
+        assert_eq!(l.problems.len(), 1);
+        assert!(l.problems[0].contains("/etc/ghost/ghost.toml"), "{}", l.problems[0]);
+        assert!(l.problems[0].contains("`hostnme`"), "{}", l.problems[0]);
+    }
+
+    #[test]
+    fn wrong_types_and_values_keep_defaults_and_name_the_key() {
+        let l = GhostConfig::parse(
+            "hostname = \"bad name!\"\nmodules = \"virtio_net\"\nsecurity = \"lax\"\n[network]\nmode = \"static\"\n[console]\ntty = \"tty9\"\n",
+            "g.toml",
+        );
+        let d = GhostConfig::default();
+        assert_eq!(l.config, d);
+        let all = l.problems.join("\n");
+        for key in ["`hostname`", "`modules`", "`security`", "`network`", "`console`"] {
+            assert!(all.contains(key), "no complaint about {key} in:\n{all}");
+        }
+        assert!(all.contains("tty"), "{all}");
+        assert!(l.problems.iter().all(|p| !p.contains('\n')));
+    }
+
+    #[test]
+    fn malformed_file_is_one_line_and_defaults() {
+        let l = GhostConfig::parse("hostname = \"unterminated\nmodules = [", "ghost.toml");
+        assert_eq!(l.config, GhostConfig::default());
+        assert_eq!(l.problems.len(), 1);
+        assert!(l.problems[0].starts_with("ghost.toml: not valid TOML"), "{}", l.problems[0]);
+        assert!(!l.problems[0].contains('\n'));
+    }
+
+    #[test]
+    fn missing_file_is_defaults_said_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = GhostConfig::load(&dir.path().join("ghost.toml"));
+        assert_eq!(l.config, GhostConfig::default());
+        assert_eq!(l.problems.len(), 1);
+        assert!(l.problems[0].contains("not found"));
+    }
+}
