@@ -83,7 +83,11 @@ impl Init {
 
     pub fn boot_complete(&mut self) {
         self.phase = Phase::Running;
-        say!("boot complete in {} ms", self.start.elapsed().as_millis());
+        let took = self.start.elapsed();
+        say!("boot complete in {} ms", took.as_millis());
+        if self.cmdline.debug {
+            say!("boot complete: {} us from exec", took.as_micros());
+        }
         if self.first_boot {
             let marker = self.paths.first_boot_marker();
             if let Err(e) = std::fs::write(&marker, format!("first boot completed {} ms after exec\n", self.start.elapsed().as_millis())) {
@@ -258,6 +262,7 @@ fn load_modules(names: &[String]) -> Result<(), String> {
     let mut kernel = sys::KernelModules;
     let mut failures = Vec::new();
     let mut count = 0;
+    let mut decompressed_here = 0;
     for name in names {
         let files = match dep.resolve(name) {
             Ok(f) => f,
@@ -274,9 +279,7 @@ fn load_modules(names: &[String]) -> Result<(), String> {
             }
             match modules::load_one(&mut kernel, &dir, &f) {
                 Ok(how) => {
-                    if how == modules::Loaded::LoadedDecompressedHere {
-                        crate::say!("modules: {m}: decompressed by ghost-init (the kernel cannot)");
-                    }
+                    decompressed_here += (how == modules::Loaded::LoadedDecompressedHere) as usize;
                     loaded.insert(m);
                 }
                 Err(e) => {
@@ -287,6 +290,9 @@ fn load_modules(names: &[String]) -> Result<(), String> {
             }
         }
         count += ok as usize;
+    }
+    if decompressed_here > 0 {
+        say!("modules: {decompressed_here} decompressed by ghost-init (this kernel cannot decompress modules itself)");
     }
     if failures.is_empty() {
         Ok(())

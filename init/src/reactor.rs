@@ -84,7 +84,7 @@ impl Reactor {
             Some(d) => {
                 // A zero it_value disarms; a deadline already past fires after 1 ns.
                 let left = d.saturating_duration_since(Instant::now()).max(Duration::from_nanos(1));
-                libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as libc::c_long }
+                libc::timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as libc::c_long }
             }
         };
         let spec = libc::itimerspec { it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 }, it_value: value };

@@ -1,9 +1,16 @@
 //! Starting a service's process for real: argv without a shell, a clean environment, its own
 //! session and process group, user and groups, working directory and file limit.
+//!
+//! Written on fork(2) + execve(2) rather than std's Command because Command blocks the parent
+//! until the child has exec'd (it waits on an error pipe); PID 1 must not wait on a child, and
+//! ten services would start one scheduler round-trip after another. What can be checked
+//! before the fork (the program exists and is executable, the working directory, the user) is
+//! checked there and reported as a start failure; a late exec failure is exit code 127 with a
+//! line on the console. ghost-init is single-threaded, so fork is safe here.
 
-use std::ffi::CString;
-use std::os::unix::process::CommandExt;
-use std::process::Stdio;
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use crate::identity;
 use crate::paths::Paths;
@@ -11,26 +18,132 @@ use crate::supervisor::{Service, Spawn};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Everything the child needs, prepared (allocated) before the fork.
+pub struct ExecPlan {
+    program: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: Option<CString>,
+    ids: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
+    nofile: Option<u64>,
+    /// A terminal to make the controlling tty and stdio (console services); else stdin is
+    /// /dev/null and stdout/stderr are inherited.
+    terminal: Option<CString>,
+    /// Printed by the child if execve fails.
+    exec_error: Vec<u8>,
+}
+
+fn c(s: impl AsRef<OsStr>) -> Result<CString, String> {
+    CString::new(s.as_ref().as_bytes()).map_err(|_| format!("{:?} contains a NUL byte", s.as_ref()))
+}
+
+impl ExecPlan {
+    pub fn new(argv: &[String], env: &[(String, String)]) -> Result<ExecPlan, String> {
+        let program = argv.first().ok_or("empty argv")?;
+        // Checked here so that the operator gets the reason at once, not an exit code.
+        let p = c(program)?;
+        // SAFETY: access(2) on a valid C string.
+        if unsafe { libc::access(p.as_ptr(), libc::X_OK) } != 0 {
+            return Err(format!("exec {program}: {}", std::io::Error::last_os_error()));
+        }
+        Ok(ExecPlan {
+            program: p,
+            argv: argv.iter().map(c).collect::<Result<_, _>>()?,
+            envp: env.iter().map(|(k, v)| c(format!("{k}={v}"))).collect::<Result<_, _>>()?,
+            cwd: None,
+            ids: None,
+            nofile: None,
+            terminal: None,
+            exec_error: format!("ghost-init: exec {program} failed; exit code 127\n").into_bytes(),
+        })
+    }
+
+    /// Forks and execs; returns the child's pid without waiting for it.
+    pub fn spawn(&self) -> Result<i32, String> {
+        let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = self.envp.iter().map(|a| a.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        let devnull = c("/dev/null")?;
+        // SAFETY: fork in a single-threaded process; the child only makes async-signal-safe
+        // calls on memory prepared above and leaves by execve or _exit.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(format!("fork: {}", std::io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            // SAFETY: see above; never returns.
+            unsafe { self.child(&argv, &envp, &devnull) }
+        }
+        Ok(pid)
+    }
+
+    /// In the child. Async-signal-safe only.
+    unsafe fn child(&self, argv: &[*const libc::c_char], envp: &[*const libc::c_char], devnull: &CString) -> ! {
+        let fail = |what: &[u8]| -> ! {
+            libc::write(2, what.as_ptr().cast(), what.len());
+            libc::_exit(127)
+        };
+        let _ = crate::sys::child_unblock_signals();
+        match &self.terminal {
+            Some(tty) => {
+                if crate::sys::child_take_terminal(tty).is_err() {
+                    fail(b"ghost-init: cannot take the terminal\n");
+                }
+            }
+            None => {
+                if libc::setsid() < 0 {
+                    fail(b"ghost-init: setsid failed\n");
+                }
+                let fd = libc::open(devnull.as_ptr(), libc::O_RDONLY);
+                if fd >= 0 && fd != 0 {
+                    libc::dup2(fd, 0);
+                    libc::close(fd);
+                }
+            }
+        }
+        if let Some(n) = self.nofile {
+            let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0 {
+                fail(b"ghost-init: setrlimit(RLIMIT_NOFILE) failed\n");
+            }
+        }
+        if let Some(dir) = &self.cwd {
+            if libc::chdir(dir.as_ptr()) < 0 {
+                fail(b"ghost-init: chdir to working_dir failed\n");
+            }
+        }
+        if let Some((uid, gid, groups)) = &self.ids {
+            if libc::setgroups(groups.len(), groups.as_ptr()) < 0 || libc::setgid(*gid) < 0 || libc::setuid(*uid) < 0 {
+                fail(b"ghost-init: dropping to the service's user and groups failed\n");
+            }
+        }
+        libc::execve(self.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(&self.exec_error)
+    }
+}
+
 pub struct RealSpawner {
     pub paths: Paths,
     pub hosted: bool,
     pub first_boot: bool,
 }
 
-impl Spawn for RealSpawner {
-    fn spawn(&mut self, svc: &Service) -> Result<i32, String> {
+impl RealSpawner {
+    fn plan(&self, svc: &Service) -> Result<ExecPlan, String> {
         let spec = &svc.spec;
-        let mut cmd = crate::sys::command(&spec.exec[0]);
-        cmd.args(&spec.exec[1..]).env_clear().stdin(Stdio::null());
-        cmd.env("PATH", std::env::var("PATH").ok().filter(|_| self.hosted).unwrap_or_else(|| DEFAULT_PATH.into()));
-        cmd.env("GHOST_SERVICE", &svc.name);
-        cmd.env("GHOST_ROOT", self.paths.root());
-        cmd.env("GHOST_SOCKET", self.paths.control_socket());
+        let path = std::env::var("PATH").ok().filter(|_| self.hosted).unwrap_or_else(|| DEFAULT_PATH.into());
+        let mut env = vec![
+            ("PATH".to_string(), path),
+            ("GHOST_SERVICE".into(), svc.name.clone()),
+            ("GHOST_ROOT".into(), self.paths.root().display().to_string()),
+            ("GHOST_SOCKET".into(), self.paths.control_socket().display().to_string()),
+        ];
         if self.first_boot {
-            cmd.env("GHOST_FIRST_BOOT", "1");
+            env.push(("GHOST_FIRST_BOOT".into(), "1".into()));
         }
         let mut home = "/".to_string();
-        let mut ids: Option<(u32, u32, Vec<u32>)> = None;
+        let mut ids = None;
         if spec.user.is_some() || spec.group.is_some() {
             let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
             let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
@@ -47,50 +160,24 @@ impl Spawn for RealSpawner {
             }
             ids = Some((uid, gid, supp));
         }
-        cmd.env("HOME", &home);
-        for (k, v) in &spec.env {
-            cmd.env(k, v);
-        }
+        env.push(("HOME".into(), home));
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut plan = ExecPlan::new(&spec.exec, &env)?;
         if let Some(dir) = &spec.working_dir {
-            cmd.current_dir(dir);
-        }
-        let nofile = spec.nofile;
-        let supp = ids.as_ref().map(|(_, _, s)| s.clone()).unwrap_or_default();
-        let set_ids = ids.as_ref().map(|(u, g, _)| (*u, *g));
-        // Identity is dropped here, not with Command::uid: std runs pre_exec closures after its
-        // own setuid, when setgroups/setgid would no longer be allowed.
-        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // system calls on data prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(n) = nofile {
-                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if let Some((uid, gid)) = set_ids {
-                    if libc::setgroups(supp.len(), supp.as_ptr()) < 0
-                        || libc::setgid(gid) < 0
-                        || libc::setuid(uid) < 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|e| match &spec.working_dir {
-            Some(d) if e.kind() == std::io::ErrorKind::NotFound && !std::path::Path::new(d).is_dir() => {
-                format!("working_dir {d}: {e}")
+            if !Path::new(dir).is_dir() {
+                return Err(format!("key `working_dir`: {dir} is not a directory"));
             }
-            _ => format!("exec {}: {e}", spec.exec[0]),
-        })?;
-        // The child is reaped by the event loop's waitpid(-1); the handle is dropped unwaited.
-        Ok(child.id() as i32)
+            plan.cwd = Some(c(dir)?);
+        }
+        plan.ids = ids;
+        plan.nofile = spec.nofile;
+        Ok(plan)
+    }
+}
+
+impl Spawn for RealSpawner {
+    fn spawn(&mut self, svc: &Service) -> Result<i32, String> {
+        self.plan(svc)?.spawn()
     }
 
     fn signal_group(&mut self, pid: i32, sig: i32) {
@@ -101,14 +188,10 @@ impl Spawn for RealSpawner {
     }
 }
 
-/// Runs `/bin/sh` on `tty` as a session leader with the terminal as its controlling tty.
+/// Runs `program` on `tty` as a session leader with the terminal as its controlling tty.
 pub fn spawn_on_terminal(program: &str, tty: &str) -> Result<i32, String> {
-    let tty_c = CString::new(tty).map_err(|_| "bad tty path".to_string())?;
-    let mut cmd = crate::sys::command(program);
-    cmd.env_clear().env("PATH", DEFAULT_PATH).env("HOME", "/").env("TERM", "linux");
-    // SAFETY: only async-signal-safe calls on a CString built before the fork.
-    unsafe {
-        cmd.pre_exec(move || crate::sys::child_take_terminal(&tty_c));
-    }
-    cmd.spawn().map(|c| c.id() as i32).map_err(|e| format!("{program}: {e}"))
+    let env = [("PATH".to_string(), DEFAULT_PATH.to_string()), ("HOME".into(), "/".into()), ("TERM".into(), "linux".into())];
+    let mut plan = ExecPlan::new(&[program.to_string()], &env)?;
+    plan.terminal = Some(c(tty)?);
+    plan.spawn()
 }

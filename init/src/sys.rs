@@ -108,9 +108,9 @@ pub fn interface_up(name: &str) -> io::Result<()> {
     }
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we pass, which lives across the calls.
     unsafe {
-        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req))?;
+        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req))?;
         req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req))
+        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req))
     }
 }
 
@@ -180,7 +180,7 @@ pub fn child_take_terminal(tty: &CString) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
         // Steal the terminal even if another session had it (we are the init's child).
-        if libc::ioctl(fd, libc::TIOCSCTTY, 1) < 0 {
+        if libc::ioctl(fd, libc::TIOCSCTTY as _, 1) < 0 {
             return Err(io::Error::last_os_error());
         }
         for target in 0..3 {

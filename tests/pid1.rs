@@ -1,0 +1,203 @@
+//! ghost-init as a real PID 1 (of a PID namespace) and as a subreaper: reaping, shutdown,
+//! bad input, panics and the rescue console, with real processes.
+
+use ghost_tests::{eventually, pid_namespaces_available, Ghost, Isolation, Root};
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(20);
+
+/// Namespace tests need root; without it they say why and do nothing (CI runs as root).
+fn namespaces() -> bool {
+    match pid_namespaces_available() {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("SKIP: PID namespace test not run: {why}");
+            false
+        }
+    }
+}
+
+/// A service that leaves `n` orphans (`sleep 1001`) behind and exits.
+fn orphan_maker(n: usize) -> String {
+    let spawns = "sleep 1001 & ".repeat(n);
+    format!("exec = [\"/bin/sh\", \"-c\", \"{spawns} exit 0\"]\nrestart = \"never\"\n")
+}
+
+#[test]
+fn orphans_that_exit_leave_no_zombies() {
+    if !namespaces() {
+        return;
+    }
+    let root = Root::new();
+    root.service("orphans", &orphan_maker(5)).service("steady", "exec = [\"/bin/sleep\", \"1000\"]\n");
+    let mut g = Ghost::start(&root, Isolation::PidNamespace, "");
+    g.console.wait_for("boot complete", BOOT);
+    // The orphans are re-parented to ghost-init, PID 1 of the namespace.
+    let orphans = || g.processes().into_iter().filter(|p| p.cmdline == "sleep 1001").collect::<Vec<_>>();
+    assert!(eventually(Duration::from_secs(10), || orphans().len() == 5 && orphans().iter().all(|p| p.ppid == g.pid)),
+        "expected 5 orphans parented to ghost-init (pid {}), saw {:?}", g.pid, orphans());
+    for p in orphans() {
+        // SAFETY: kill(2) on a process of our namespace.
+        unsafe { libc::kill(p.pid, libc::SIGKILL) };
+    }
+    // Gone entirely: not even a zombie left in the namespace.
+    let settled = eventually(Duration::from_secs(5), || g.processes().iter().all(|p| p.cmdline != "sleep 1001" && p.state != 'Z'));
+    assert!(settled, "zombies or orphans remain: {:?}", g.processes());
+    assert!(g.processes().iter().any(|p| p.pid == g.pid), "ghost-init itself must still run");
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).expect("exit").success());
+}
+
+#[test]
+fn sigterm_as_namespace_pid1_ends_everything_and_exits_zero_within_the_grace_period() {
+    if !namespaces() {
+        return;
+    }
+    let root = Root::new();
+    root.ghost_toml("stop_timeout_s = 1\n")
+        .service("polite", "exec = [\"/bin/sleep\", \"1000\"]\n")
+        .service("stubborn", "exec = [\"/bin/sh\", \"-c\", \"trap '' TERM; sleep 1000\"]\nstop_timeout_s = 1\n")
+        .service("orphans", &orphan_maker(3));
+    let mut g = Ghost::start(&root, Isolation::PidNamespace, "");
+    g.console.wait_for("boot complete", BOOT);
+    assert!(eventually(Duration::from_secs(10), || g.processes().iter().filter(|p| p.cmdline == "sleep 1001").count() == 3));
+    let t = Instant::now();
+    g.signal(libc::SIGTERM);
+    let status = g.wait_exit(Duration::from_secs(15)).expect("ghost-init did not exit after SIGTERM");
+    let took = t.elapsed();
+    assert!(status.success(), "exit status {status:?}\n{}", g.console.text());
+    // Grace: 1 s stop timeout + 2 s for stragglers, and slack for a loaded 2-core machine.
+    assert!(took < Duration::from_secs(6), "shutdown took {took:?}");
+    let last = g.console.wait_for("stopped cleanly", Duration::from_secs(1));
+    // polite stopped; stubborn killed after 1 s; orphans (3 sleeps) and stubborn's sleep killed.
+    assert!(last.contains("(1 services stopped, "), "{last}");
+    let killed: usize = last.rsplit(", ").next().unwrap().trim_end_matches(" killed)").parse().unwrap();
+    assert!(killed >= 4, "stubborn and the 3 orphans should be counted as killed: {last}");
+}
+
+#[test]
+fn sigterm_as_subreaper_leaves_no_descendant_alive() {
+    let root = Root::new();
+    root.service("polite", "exec = [\"/bin/sleep\", \"1000\"]\n")
+        .service("stubborn", "exec = [\"/bin/sh\", \"-c\", \"trap '' TERM; sleep 1000\"]\nstop_timeout_s = 1\n")
+        .service("orphans", &orphan_maker(3));
+    let mut g = Ghost::start(&root, Isolation::Subreaper, "");
+    g.console.wait_for("boot complete", BOOT);
+    assert!(eventually(Duration::from_secs(10), || g.processes().iter().filter(|p| p.cmdline == "sleep 1001").count() == 3));
+    let tree: Vec<i32> = g.processes().iter().map(|p| p.pid).filter(|&p| p != g.pid).collect();
+    assert!(tree.len() >= 6, "services and orphans should be running: {:?}", g.processes());
+    g.signal(libc::SIGTERM);
+    let status = g.wait_exit(Duration::from_secs(15)).expect("exit");
+    assert!(status.success(), "{status:?}\n{}", g.console.text());
+    let alive: Vec<_> = ghost_tests::process_table().into_iter().filter(|p| tree.contains(&p.pid) && p.state != 'Z').collect();
+    assert!(alive.is_empty(), "left alive after ghost-init exited: {alive:?}");
+    g.console.wait_for("stopped cleanly", Duration::from_secs(1));
+}
+
+#[test]
+fn a_missing_service_binary_is_reported_and_survived() {
+    let root = Root::new();
+    root.service("ghostly", "exec = [\"/nonexistent/bin/ghostly\", \"--serve\"]\nrestart_delay_ms = 50\n")
+        .service("real", "exec = [\"/bin/sleep\", \"1000\"]\n");
+    let mut g = Ghost::start(&root, Isolation::Subreaper, "");
+    let line = g.console.wait_for("service ghostly: failed to start", BOOT);
+    assert!(line.contains("/nonexistent/bin/ghostly") && line.contains("No such file"), "{line}");
+    g.console.wait_for("services failed: 1 of 2 services failed to start: ghostly", BOOT);
+    g.console.wait_for("boot complete", BOOT);
+    // It keeps being retried with a growing delay, and the rest of the system is unaffected.
+    g.console.wait_for("service ghostly: restarting in 100 ms", Duration::from_secs(10));
+    assert!(g.processes().iter().any(|p| p.cmdline == "/bin/sleep 1000"), "{:?}", g.processes());
+    assert!(g.child.try_wait().unwrap().is_none(), "ghost-init must still be running");
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn a_panic_in_a_boot_step_is_survived() {
+    if !namespaces() {
+        return;
+    }
+    for step in ["config", "state", "services"] {
+        let root = Root::new();
+        root.service("real", "exec = [\"/bin/sleep\", \"1000\"]\n");
+        let mut g = Ghost::start(&root, Isolation::PidNamespace, &format!("ghost.debug_panic={step}"));
+        let failed = g.console.wait_for(&format!("{step} failed: panicked"), BOOT);
+        assert!(failed.contains("ghost.debug_panic"), "{failed}");
+        g.console.wait_for("PANIC at", BOOT);
+        g.console.wait_for("boot complete", BOOT);
+        if step != "services" {
+            assert!(eventually(Duration::from_secs(5), || g.processes().iter().any(|p| p.cmdline == "/bin/sleep 1000")));
+        }
+        // PID 1 still answers signals after the panic.
+        g.signal(libc::SIGTERM);
+        let st = g.wait_exit(Duration::from_secs(10)).expect("exit after panic");
+        assert!(st.success(), "{st:?}: {}", g.console.text());
+    }
+}
+
+#[test]
+fn bad_configuration_is_named_and_boot_goes_on() {
+    let root = Root::new();
+    root.ghost_toml("hostname = \"ok\"\nmodules = 7\nfancy = true\n")
+        .service("typo", "exec = [\"/bin/sleep\", \"1000\"]\nrestrat = \"always\"\n")
+        .service("broken", "exec = [\"/bin/sleep\"\n")
+        .service("fine", "exec = [\"/bin/sleep\", \"1000\"]\n");
+    let mut g = Ghost::start(&root, Isolation::Subreaper, "");
+    g.console.wait_for("boot complete", BOOT);
+    let text = g.console.text();
+    assert!(text.contains("ghost.toml: key `modules`"), "{text}");
+    assert!(text.contains("ghost.toml: unknown key `fancy`"), "{text}");
+    assert!(text.contains("typo.toml") && text.contains("restrat") && text.contains("service typo left out"), "{text}");
+    assert!(text.contains("broken.toml") && text.contains("service broken left out"), "{text}");
+    assert!(g.processes().iter().filter(|p| p.cmdline == "/bin/sleep 1000").count() == 1, "only `fine` runs: {:?}", g.processes());
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn poweroff_after_ready_stops_by_itself() {
+    let root = Root::new();
+    root.service("a", "exec = [\"/bin/sleep\", \"1000\"]\n");
+    let mut g = Ghost::start(&root, Isolation::Subreaper, "ghost.poweroff_after_ready=1");
+    let st = g.wait_exit(Duration::from_secs(15)).expect("exit");
+    assert!(st.success());
+    let text = g.console.text();
+    let complete = text.find("boot complete").expect("boot complete");
+    let end = text.find("stopped cleanly (1 services stopped, 0 killed)").unwrap_or_else(|| panic!("{text}"));
+    assert!(complete < end);
+    // First boot was recorded on the state directory.
+    assert!(root.path().join("var/lib/ghost/.ghost-first-boot-done").exists());
+    let mut again = Ghost::start(&root, Isolation::Subreaper, "ghost.poweroff_after_ready=1");
+    again.wait_exit(Duration::from_secs(15)).expect("second exit");
+    assert!(!again.console.text().contains("first boot"), "{}", again.console.text());
+    assert!(text.contains("ghost-init: first boot"));
+}
+
+#[test]
+fn emergency_opens_the_rescue_prompt_and_continue_finishes_boot() {
+    let root = Root::new();
+    root.service("a", "exec = [\"/bin/sleep\", \"1000\"]\n");
+    let mut g = Ghost::start_with_stdin(&root, Isolation::Subreaper, "ghost.emergency=1", Some("help\nlog\nbogus\ncontinue\n"));
+    g.console.wait_for("ghost.emergency=1: stopping after the mounts", BOOT);
+    g.console.wait_for("boot complete", BOOT);
+    let out = g.stdout.text();
+    assert!(out.contains("commands: help, log"), "{out}");
+    assert!(out.contains("ghost-init: state ok"), "the log command shows the boot log: {out}");
+    assert!(out.contains("unknown command `bogus`"), "{out}");
+    // Services start only after `continue`.
+    let text = g.console.text();
+    assert!(text.find("continuing boot").unwrap() < text.find("services ok").unwrap(), "{text}");
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn a_critical_service_that_cannot_start_opens_the_rescue_console() {
+    let root = Root::new();
+    root.service("vital", "exec = [\"/nonexistent/vital\"]\ncritical = true\nrestart_delay_ms = 1000\n");
+    let mut g = Ghost::start_with_stdin(&root, Isolation::Subreaper, "", Some("poweroff\n"));
+    g.console.wait_for("a critical service could not start; opening the rescue console", BOOT);
+    let st = g.wait_exit(Duration::from_secs(15)).expect("poweroff from the rescue prompt");
+    assert!(st.success());
+    assert!(!g.console.text().contains("boot complete"), "boot must not claim completion: {}", g.console.text());
+}
