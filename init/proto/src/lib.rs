@@ -1,0 +1,252 @@
+//! The control-socket protocol of ghost-init (`/run/ghost/control.sock`), shared by PID 1 and
+//! its clients (ghostctl, the agent, the TUI). Dependency-light on purpose: serde only.
+//!
+//! # Wire format: JSON lines
+//! A client writes one request per line and reads one reply per line, in order:
+//!
+//! ```text
+//! → {"cmd":"status"}
+//! ← {"ok":true,"services":[{"name":"redis","state":"running",...}]}
+//! → {"cmd":"restart","name":"redis"}
+//! ← {"ok":true}
+//! → {"cmd":"stop","name":"nosuch"}
+//! ← {"ok":false,"error":"no service named `nosuch`"}
+//! ```
+//!
+//! `logs` with `follow: true` and `events` turn the connection into a stream: after the first
+//! reply (`{"ok":true,"stream":"logs"}`), every further line is a [`StreamItem`] until the
+//! client closes the connection. A malformed line gets `{"ok":false,"error":...}` and the
+//! connection stays usable. Lines longer than [`MAX_LINE`] are refused the same way.
+
+use serde::{Deserialize, Serialize};
+
+/// The longest request line PID 1 reads; longer ones are refused with an error reply.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// One request. `cmd` names the variant (`{"cmd":"logs","name":"redis","lines":50}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// All services, or one.
+    Status {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    Start { name: String },
+    Stop { name: String },
+    Restart { name: String },
+    /// The last `lines` lines (default 50) of one service, or of all; `follow` keeps streaming.
+    Logs {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lines: Option<usize>,
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Streams every event from now on.
+    Events,
+    /// Re-reads the service files and applies only the difference.
+    Reload,
+    Poweroff,
+    Reboot,
+}
+
+/// One reply line. Exactly one of `error`, `services`, `logs`, `reload`, `stream` is set
+/// (none for a plain acknowledgement).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<ServiceStatus>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<Vec<LogLine>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadReport>,
+    /// `logs` or `events`: stream items follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply { ok: true, ..Reply::default() }
+    }
+    pub fn error(msg: impl Into<String>) -> Reply {
+        Reply { ok: false, error: Some(msg.into()), ..Reply::default() }
+    }
+}
+
+/// The state of a service as the operator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Started, waiting for its readiness signal.
+    Starting,
+    Running,
+    /// Waiting to be restarted after an exit.
+    Backoff,
+    /// Failing again and again; still retried at the longest delay.
+    CrashLoop,
+    Stopping,
+    Stopped,
+    /// Cannot be started as configured (for example its requirement is stopped).
+    Blocked,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub state: State,
+    /// Main process, while there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// Seconds since it last started (running or starting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_s: Option<f64>,
+    pub restarts: u32,
+    /// Present when the service has a health probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Resident memory of its cgroup (or main process without cgroups), bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// How it last ended: `exit code 1`, `signal 9`, `oom`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    /// Milliseconds until the next restart attempt, in backoff or crash-loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_restart_ms: Option<u64>,
+    /// The service's own STATUS= text (sd_notify), if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_text: Option<String>,
+    #[serde(default)]
+    pub critical: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One line a service wrote, as captured by PID 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub service: String,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+    pub stream: Stream,
+    pub text: String,
+}
+
+/// What happened, for the agent, the TUI and `ghostctl events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    Starting,
+    Ready,
+    Exited,
+    Restarting,
+    CrashLoop,
+    Unhealthy,
+    Healthy,
+    /// Killed by the kernel's OOM killer in its cgroup.
+    Oom,
+    WatchdogTimeout,
+    Stopping,
+    Stopped,
+    /// Left out at load or reload (bad file, unknown requirement, cycle).
+    ConfigError,
+    Reloaded,
+    BootComplete,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub ts_ms: u64,
+    pub kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// Human-readable detail: the exit status, the delay, the probe's error.
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// What `reload` changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// One line per service file that could not be used.
+    pub errors: Vec<String>,
+}
+
+/// A line of a stream after its first reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamItem {
+    Log(LogLine),
+    Event(Event),
+    /// Lines or events were dropped because this client read too slowly.
+    Dropped(u64),
+}
+
+/// Parses one request line, with an error message fit for the reply.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    if line.len() > MAX_LINE {
+        return Err(format!("request longer than {MAX_LINE} bytes"));
+    }
+    serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
+}
+
+/// Serialises a value as one line (with the trailing newline).
+pub fn to_line<T: Serialize>(v: &T) -> String {
+    let mut s = serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":\"cannot encode reply: {e}\"}}"));
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_bad_ones_are_explained() {
+        let r = parse_request(r#"{"cmd":"logs","name":"redis","lines":5,"follow":true}"#).unwrap();
+        assert_eq!(r, Request::Logs { name: Some("redis".into()), lines: Some(5), follow: true });
+        assert_eq!(parse_request(&to_line(&r)).unwrap(), r);
+        assert_eq!(parse_request(r#"{"cmd":"status"}"#).unwrap(), Request::Status { name: None });
+        assert!(parse_request(r#"{"cmd":"explode"}"#).unwrap_err().contains("explode"));
+        assert!(parse_request(r#"{"cmd":"stop"}"#).unwrap_err().contains("name"));
+        assert!(parse_request(r#"{"cmd":"status","nmae":"x"}"#).unwrap_err().contains("nmae"));
+        assert!(parse_request("not json").unwrap_err().starts_with("bad request"));
+        assert!(parse_request(&"x".repeat(MAX_LINE + 1)).unwrap_err().contains("longer"));
+    }
+
+    #[test]
+    fn replies_and_stream_items_have_a_stable_shape() {
+        assert_eq!(to_line(&Reply::ok()), "{\"ok\":true}\n");
+        assert_eq!(to_line(&Reply::error("no")), "{\"ok\":false,\"error\":\"no\"}\n");
+        let e = StreamItem::Event(Event { ts_ms: 1, kind: EventKind::CrashLoop, service: Some("a".into()), pid: None, detail: String::new() });
+        assert_eq!(to_line(&e), "{\"event\":{\"ts_ms\":1,\"kind\":\"crash-loop\",\"service\":\"a\",\"detail\":\"\"}}\n");
+    }
+}
