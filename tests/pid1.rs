@@ -17,10 +17,12 @@ fn namespaces() -> bool {
     }
 }
 
-/// A service that leaves `n` orphans (`sleep 1001`) behind and exits.
+/// A service whose subshell starts `n` processes (`sleep 1001`) and exits, orphaning them to
+/// ghost-init, while the service itself goes on (`sleep 1000`). Like double-forking daemons,
+/// the orphans leave the service's session (setsid), so stopping the service does not end them.
 fn orphan_maker(n: usize) -> String {
-    let spawns = "sleep 1001 & ".repeat(n);
-    format!("exec = [\"/bin/sh\", \"-c\", \"{spawns} exit 0\"]\nrestart = \"never\"\n")
+    let spawns = "setsid sleep 1001 & ".repeat(n);
+    format!("exec = [\"/bin/sh\", \"-c\", \"({spawns}) ; exec sleep 1000\"]\n")
 }
 
 #[test]
@@ -69,8 +71,8 @@ fn sigterm_as_namespace_pid1_ends_everything_and_exits_zero_within_the_grace_per
     // Grace: 1 s stop timeout + 2 s for stragglers, and slack for a loaded 2-core machine.
     assert!(took < Duration::from_secs(6), "shutdown took {took:?}");
     let last = g.console.wait_for("stopped cleanly", Duration::from_secs(1));
-    // polite stopped; stubborn killed after 1 s; orphans (3 sleeps) and stubborn's sleep killed.
-    assert!(last.contains("(1 services stopped, "), "{last}");
+    // polite and the orphan maker stopped; stubborn killed after 1 s; the 3 orphans killed.
+    assert!(last.contains("(2 services stopped, "), "{last}");
     let killed: usize = last.rsplit(", ").next().unwrap().trim_end_matches(" killed)").parse().unwrap();
     assert!(killed >= 4, "stubborn and the 3 orphans should be counted as killed: {last}");
 }
@@ -104,8 +106,17 @@ fn a_missing_service_binary_is_reported_and_survived() {
     assert!(line.contains("/nonexistent/bin/ghostly") && line.contains("No such file"), "{line}");
     g.console.wait_for("services failed: 1 of 2 services failed to start: ghostly", BOOT);
     g.console.wait_for("boot complete", BOOT);
-    // It keeps being retried with a growing delay, and the rest of the system is unaffected.
-    g.console.wait_for("service ghostly: restarting in 100 ms", Duration::from_secs(10));
+    // It keeps being retried with a growing delay (50 ms doubling, ±10% jitter), and the rest
+    // of the system is unaffected.
+    g.console.wait_for("crash loop: 5 failures in a row", Duration::from_secs(10));
+    let delays: Vec<u64> = g.console.text().lines()
+        .filter_map(|l| l.strip_prefix("ghost-init: service ghostly: restarting in ")?.strip_suffix(" ms")?.parse().ok())
+        .collect();
+    assert!(delays.len() >= 5, "{delays:?}");
+    assert_eq!(delays[0], 0, "the first retry is immediate");
+    for w in delays[1..5].windows(2) {
+        assert!(w[1] as f64 >= w[0] as f64 * 2.0 * 0.9 / 1.1, "delays grow: {delays:?}");
+    }
     assert!(g.processes().iter().any(|p| p.cmdline == "/bin/sleep 1000"), "{:?}", g.processes());
     assert!(g.child.try_wait().unwrap().is_none(), "ghost-init must still be running");
     g.signal(libc::SIGTERM);
@@ -196,7 +207,8 @@ fn a_critical_service_that_cannot_start_opens_the_rescue_console() {
     let root = Root::new();
     root.service("vital", "exec = [\"/nonexistent/vital\"]\ncritical = true\nrestart_delay_ms = 1000\n");
     let mut g = Ghost::start_with_stdin(&root, Isolation::Subreaper, "", Some("poweroff\n"));
-    g.console.wait_for("a critical service could not start; opening the rescue console", BOOT);
+    let line = g.console.wait_for("opening the rescue console", BOOT);
+    assert!(line.contains("critical service vital: exec /nonexistent/vital: No such file"), "{line}");
     let st = g.wait_exit(Duration::from_secs(15)).expect("poweroff from the rescue prompt");
     assert!(st.success());
     assert!(!g.console.text().contains("boot complete"), "boot must not claim completion: {}", g.console.text());

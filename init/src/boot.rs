@@ -13,7 +13,7 @@ use crate::modules::{self, ModulesDep};
 use crate::mounts::{self, EARLY_MOUNTS};
 use crate::service_file::ServiceFile;
 use crate::state;
-use crate::supervisor::{Note, Supervisor};
+use crate::supervisor::Supervisor;
 use crate::{say, sys};
 
 impl Init {
@@ -66,19 +66,20 @@ impl Init {
         self.step("state", |init| init.prepare_state());
     }
 
-    /// The rest of boot: identity, network basics, services, and `boot complete`.
+    /// The rest of boot: identity, network basics, the control plane, services; `boot
+    /// complete` follows once every critical service is ready.
     pub fn boot_services(&mut self) {
         if !self.hosted {
             self.step("hostname", |init| sys::sethostname(&init.config.hostname).map_err(|e| format!("{}: {e}", init.config.hostname)));
             self.step("loopback", |_| sys::interface_up("lo").map_err(|e| format!("lo: {e}")));
         }
+        // Until the network issue lands only loopback is configured (or, hosted, the host's
+        // network is used): that is what `requires = ["network"]` waits for.
+        self.supervisor.targets_up.push("network".into());
+        self.step("control", |init| init.open_control_plane());
         self.step("services", |init| init.start_services());
-        if self.critical_failed {
-            say!("a critical service could not start; opening the rescue console");
-            self.enter_rescue();
-            return;
-        }
-        self.boot_complete();
+        self.phase = Phase::WaitingForCritical;
+        self.check_critical();
     }
 
     pub fn boot_complete(&mut self) {
@@ -88,15 +89,67 @@ impl Init {
         if self.cmdline.debug {
             say!("boot complete: {} us from exec", took.as_micros());
         }
+        self.publish_event(ghost_proto::Event { ts_ms: crate::logbook::now_ms(), kind: ghost_proto::EventKind::BootComplete, service: None, pid: None, detail: format!("{} ms", took.as_millis()) });
         if self.first_boot {
             let marker = self.paths.first_boot_marker();
-            if let Err(e) = std::fs::write(&marker, format!("first boot completed {} ms after exec\n", self.start.elapsed().as_millis())) {
+            if let Err(e) = std::fs::write(&marker, format!("first boot completed {} ms after exec\n", took.as_millis())) {
                 say!("state: cannot record first boot in {}: {e}", marker.display());
             }
         }
         if self.cmdline.poweroff_after_ready {
             say!("ghost.poweroff_after_ready=1: shutting down");
             self.begin_shutdown(sys::PowerAction::PowerOff);
+        }
+    }
+
+    /// cgroups, the notify socket and the control socket: before any service starts.
+    fn open_control_plane(&mut self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        let (mount, dir) = if self.hosted {
+            (Path::new("/sys/fs/cgroup").to_path_buf(), format!("ghost-hosted-{}", std::process::id()))
+        } else {
+            (Path::new("/sys/fs/cgroup").to_path_buf(), "ghost".to_string())
+        };
+        match crate::cgroup::Cgroups::setup(&mount, &dir) {
+            Ok(cg) => {
+                self.os.cgroups = cg;
+                say!("cgroups: one cgroup v2 per service under {}", mount.join(&dir).display());
+            }
+            Err(why) => say!("cgroups: {why}; falling back to process groups and rlimits (memory_max, cpu_max and pids_max are not enforced)"),
+        }
+        let run = self.paths.run();
+        std::fs::create_dir_all(&run).map_err(|e| format!("{}: {e}", run.display()))?;
+        let notify_path = run.join("notify.sock");
+        match crate::notify::NotifySocket::bind(&notify_path) {
+            Ok(n) => {
+                if let Err(e) = self.reactor.add(n.raw(), crate::reactor::Token::Notify, false) {
+                    problems.push(format!("notify socket: {e}"));
+                }
+                self.os.notify_socket = Some(notify_path.display().to_string());
+                self.notify = Some(n);
+            }
+            Err(e) => problems.push(format!("{}: {e} (services with ready = \"notify\" will never be ready)", notify_path.display())),
+        }
+        let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        let access = crate::control::Access {
+            ghost_gid: crate::identity::lookup_group(&groups, "ghost").filter(|_| !groups.is_empty() && groups.lines().any(|l| l.starts_with("ghost:"))),
+            // SAFETY: getuid has no failure mode.
+            owner_uid: self.hosted.then(|| unsafe { libc::getuid() }),
+        };
+        let sock = self.paths.control_socket();
+        match crate::control::ControlServer::bind(&sock, access) {
+            Ok(c) => {
+                if let Err(e) = self.reactor.add(c.listener_fd(), crate::reactor::Token::ControlListener, false) {
+                    problems.push(format!("control socket: {e}"));
+                }
+                self.control = Some(c);
+            }
+            Err(e) => problems.push(format!("{}: {e} (ghostctl will not reach this init)", sock.display())),
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
         }
     }
 
@@ -153,29 +206,27 @@ impl Init {
         result
     }
 
-    /// Reads the service files and starts them; sets `critical_failed` when a critical one failed.
+    /// Reads the service files and starts them.
     fn start_services(&mut self) -> Result<(), String> {
         let (files, mut problems) = read_service_files(&self.paths.services_dirs());
         let (mut sup, more) = Supervisor::new(files, Duration::from_secs(self.config.stop_timeout_s));
         problems.extend(more);
         for p in &problems {
             say!("services: {p}");
+            self.publish_event(ghost_proto::Event { ts_ms: crate::logbook::now_ms(), kind: ghost_proto::EventKind::ConfigError, service: None, pid: None, detail: p.clone() });
         }
-        for s in &sup.services {
-            let later = s.spec.not_yet_enforced();
-            if !later.is_empty() {
-                say!("services: {}: key(s) {} are read but not acted on by this ghost-init yet", s.name, later.join(", "));
-            }
-        }
-        self.spawner.first_boot = self.first_boot;
-        let mut notes = Vec::new();
-        sup.start_all(&mut self.spawner, Instant::now(), &mut notes);
+        sup.targets_up = std::mem::take(&mut self.supervisor.targets_up);
+        self.os.first_boot = self.first_boot;
         self.supervisor = sup;
-        let failed: Vec<String> = notes.iter().filter_map(|n| if let Note::StartFailed { name, .. } = n { Some(name.clone()) } else { None }).collect();
-        let critical = notes.iter().any(|n| matches!(n, Note::StartFailed { critical: true, .. }));
-        self.say_notes(&notes);
+        let mut notes = Vec::new();
+        self.supervisor.start_wanted(&mut self.os, Instant::now(), &mut notes);
+        let failed: Vec<String> = notes
+            .iter()
+            .filter(|n| n.kind == ghost_proto::EventKind::Exited && n.detail.starts_with("failed to start"))
+            .map(|n| n.service.clone())
+            .collect();
+        self.publish_notes(notes);
         let total = self.supervisor.services.len();
-        self.critical_failed = critical;
         if !failed.is_empty() {
             return Err(format!("{} of {total} services failed to start: {}", failed.len(), failed.join(", ")));
         }
@@ -183,25 +234,6 @@ impl Init {
             return Err(format!("{} service file problem(s); {total} services started", problems.len()));
         }
         Ok(())
-    }
-
-    pub fn say_notes(&self, notes: &[Note]) {
-        for n in notes {
-            match n {
-                Note::Started { name, pid } => {
-                    if self.cmdline.debug {
-                        say!("service {name}: started, pid {pid}");
-                    }
-                }
-                Note::StartFailed { name, why, critical } => {
-                    say!("service {name}: failed to start: {why}{}", if *critical { " (critical)" } else { "" })
-                }
-                Note::Exited { name, exit } => say!("service {name}: exited with {exit}"),
-                Note::Restarting { name, delay } => say!("service {name}: restarting in {} ms", delay.as_millis()),
-                Note::GaveUp { name, why } => say!("service {name}: not restarting ({why})"),
-                Note::Killed { name } => say!("service {name}: did not stop in time; killed"),
-            }
-        }
     }
 }
 

@@ -2,14 +2,19 @@
 //! process. See shared/DESIGN.md sections 1 and 4.
 
 mod boot;
+mod cgroup;
 mod cmdline;
 mod config;
+mod control;
 mod identity;
 mod init;
 mod log;
+mod logbook;
 mod modules;
 mod mounts;
+mod notify;
 mod paths;
+mod probe;
 mod reactor;
 mod rescue;
 mod service_file;

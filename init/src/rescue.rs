@@ -78,7 +78,7 @@ impl Init {
     pub fn enter_rescue(&mut self) {
         let resume = match self.phase {
             Phase::Rescue { resume, .. } => resume,
-            Phase::Booting => true,
+            Phase::Booting | Phase::WaitingForCritical => true,
             _ => false,
         };
         self.phase = Phase::Rescue { shell: None, resume };
@@ -164,8 +164,7 @@ impl Init {
             self.phase = crate::init::Phase::Running;
             if resume {
                 say!("rescue console: continuing boot");
-                self.critical_failed = false;
-                if self.supervisor.services.is_empty() {
+                if self.control.is_none() {
                     self.boot_services();
                 } else {
                     self.boot_complete();

@@ -116,8 +116,8 @@ impl ServiceFile {
         if signal_number(&s.stop_signal).is_none() {
             return bad("stop_signal", format!("`{}` is not a signal name (TERM, INT, QUIT, HUP, KILL, USR1, USR2)", s.stop_signal));
         }
-        if !(s.ready == "started" || s.ready == "notify" || s.ready == "health" || parse_ready_arg(&s.ready, "fd:").is_some() || parse_ready_arg(&s.ready, "tcp:").is_some()) {
-            return bad("ready", format!("`{}` is not one of started, notify, fd:N, tcp:PORT, health", s.ready));
+        if !(s.ready == "started" || s.ready == "notify" || s.ready == "health" || parse_ready_arg(&s.ready, "fd:").is_some_and(|n| n >= 3) || parse_ready_arg(&s.ready, "tcp:").is_some_and(|p| (1..=65535).contains(&p))) {
+            return bad("ready", format!("`{}` is not one of started, notify, fd:N (N >= 3), tcp:PORT, health", s.ready));
         }
         if s.restart_delay_ms > s.restart_max_delay_ms {
             return bad("restart_delay_ms", format!("{} is larger than restart_max_delay_ms ({})", s.restart_delay_ms, s.restart_max_delay_ms));
@@ -150,36 +150,6 @@ impl ServiceFile {
     pub fn load(path: &Path) -> Result<ServiceFile, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Self::parse(&text, &path.display().to_string())
-    }
-
-    /// Keys this ghost-init reads but does not act on yet, so that the operator is told.
-    pub fn not_yet_enforced(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.ready != "started" {
-            v.push("ready");
-        }
-        if self.health.is_some() {
-            v.push("health");
-        }
-        if self.watchdog_s != 0 {
-            v.push("watchdog_s");
-        }
-        if self.memory_max.is_some() {
-            v.push("memory_max");
-        }
-        if self.cpu_max.is_some() {
-            v.push("cpu_max");
-        }
-        if self.pids_max.is_some() {
-            v.push("pids_max");
-        }
-        if self.log_max_size.is_some() {
-            v.push("log_max_size");
-        }
-        if self.log_keep.is_some() {
-            v.push("log_keep");
-        }
-        v
     }
 }
 

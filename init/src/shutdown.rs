@@ -12,11 +12,13 @@ use crate::{reactor, say};
 impl Init {
     /// Finishes shutdown after the services were asked to stop; returns only in hosted mode.
     pub fn finish(&mut self, action: PowerAction) {
+        // No more requests: the sockets close (and leave the reactor) before the last waits.
+        self.control = None;
+        self.notify = None;
         // Services that outlived the bound are killed now.
         for svc in &mut self.supervisor.services {
             if let State::Stopping { pid, killed: false, .. } = svc.state {
-                let _ = sys::kill(-pid, libc::SIGKILL);
-                let _ = sys::kill(pid, libc::SIGKILL);
+                crate::supervisor::Os::kill_all(&mut self.os, svc, pid);
                 svc.state = State::Stopped;
                 self.supervisor.killed_count += 1;
                 say!("service {}: did not stop in time; killed", svc.name);
@@ -44,7 +46,7 @@ impl Init {
         say!("reboot(2) failed: {err}; halting here");
         loop {
             // PID 1 must not exit: wait for signals forever, still reaping.
-            let _ = self.reactor.wait();
+            self.reactor.wait(|_| {});
             while reactor::reap_one().is_some() {}
             while self.reactor.next_signal().is_some() {}
         }
@@ -64,7 +66,7 @@ impl Init {
         while Instant::now() < deadline && !self.leftover_pids().is_empty() {
             // Bounded wait: a grandchild's death sends us no SIGCHLD, so look again soon.
             self.reactor.arm(Some((Instant::now() + Duration::from_millis(20)).min(deadline)));
-            let _ = self.reactor.wait();
+            self.reactor.wait(|_| {});
             while reactor::reap_one().is_some() {}
             while self.reactor.next_signal().is_some() {}
         }
@@ -96,7 +98,7 @@ impl Init {
                 return;
             }
             self.reactor.arm(Some(deadline));
-            let _ = self.reactor.wait();
+            self.reactor.wait(|_| {});
             while self.reactor.next_signal().is_some() {}
         }
     }

@@ -1,20 +1,26 @@
-//! Starting a service's process for real: argv without a shell, a clean environment, its own
-//! session and process group, user and groups, working directory and file limit.
+//! Starting processes for real: argv without a shell, a clean environment, its own session
+//! and process group, its cgroup, user and groups, working directory, file limit, and its
+//! output on the service's log pipes.
 //!
 //! Written on fork(2) + execve(2) rather than std's Command because Command blocks the parent
 //! until the child has exec'd (it waits on an error pipe); PID 1 must not wait on a child, and
 //! ten services would start one scheduler round-trip after another. What can be checked
 //! before the fork (the program exists and is executable, the working directory, the user) is
 //! checked there and reported as a start failure; a late exec failure is exit code 127 with a
-//! line on the console. ghost-init is single-threaded, so fork is safe here.
+//! line on the service's stderr. ghost-init is single-threaded, so fork is safe here.
 
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use crate::cgroup::Cgroups;
 use crate::identity;
+use crate::logbook::Logbook;
 use crate::paths::Paths;
-use crate::supervisor::{Service, Spawn};
+use crate::reactor::Token;
+use crate::supervisor::{Os, Service};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -26,9 +32,16 @@ pub struct ExecPlan {
     cwd: Option<CString>,
     ids: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     nofile: Option<u64>,
-    /// A terminal to make the controlling tty and stdio (console services); else stdin is
-    /// /dev/null and stdout/stderr are inherited.
+    /// A terminal to make the controlling tty and stdio (console services).
     terminal: Option<CString>,
+    /// stdout and stderr; None inherits PID 1's.
+    output: Option<[RawFd; 2]>,
+    /// Output to /dev/null (probes).
+    quiet: bool,
+    /// (source, target): descriptors to place at a fixed number (`ready = "fd:N"`).
+    extra_fd: Option<(RawFd, RawFd)>,
+    /// `cgroup.procs` of the service's cgroup; the child writes itself into it.
+    cgroup_procs: Option<CString>,
     /// Printed by the child if execve fails.
     exec_error: Vec<u8>,
 }
@@ -54,8 +67,17 @@ impl ExecPlan {
             ids: None,
             nofile: None,
             terminal: None,
+            output: None,
+            quiet: false,
+            extra_fd: None,
+            cgroup_procs: None,
             exec_error: format!("ghost-init: exec {program} failed; exit code 127\n").into_bytes(),
         })
+    }
+
+    /// stdin, stdout and stderr on /dev/null.
+    pub fn quiet(&mut self) {
+        self.quiet = true;
     }
 
     /// Forks and execs; returns the child's pid without waiting for it.
@@ -85,6 +107,14 @@ impl ExecPlan {
             libc::_exit(127)
         };
         let _ = crate::sys::child_unblock_signals();
+        // Join the cgroup first, so that everything the service ever forks is in it.
+        if let Some(procs) = &self.cgroup_procs {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                fail(b"ghost-init: cannot join the service's cgroup\n");
+            }
+            libc::close(fd);
+        }
         match &self.terminal {
             Some(tty) => {
                 if crate::sys::child_take_terminal(tty).is_err() {
@@ -95,11 +125,27 @@ impl ExecPlan {
                 if libc::setsid() < 0 {
                     fail(b"ghost-init: setsid failed\n");
                 }
-                let fd = libc::open(devnull.as_ptr(), libc::O_RDONLY);
-                if fd >= 0 && fd != 0 {
+                let fd = libc::open(devnull.as_ptr(), libc::O_RDWR);
+                if fd >= 0 {
                     libc::dup2(fd, 0);
-                    libc::close(fd);
+                    if self.quiet {
+                        libc::dup2(fd, 1);
+                        libc::dup2(fd, 2);
+                    }
+                    if fd > 2 {
+                        libc::close(fd);
+                    }
                 }
+                if let Some([out, err]) = self.output {
+                    if libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0 {
+                        fail(b"ghost-init: cannot attach the log pipes\n");
+                    }
+                }
+            }
+        }
+        if let Some((src, target)) = self.extra_fd {
+            if libc::dup2(src, target) < 0 {
+                fail(b"ghost-init: cannot place the readiness descriptor\n");
             }
         }
         if let Some(n) = self.nofile {
@@ -123,14 +169,42 @@ impl ExecPlan {
     }
 }
 
-pub struct RealSpawner {
+/// PID 1's side of every service process: spawning with pipes and cgroups, signalling,
+/// killing, OOM accounting.
+pub struct RealOs {
     pub paths: Paths,
     pub hosted: bool,
     pub first_boot: bool,
+    pub logbook: Logbook,
+    pub cgroups: Cgroups,
+    pub notify_socket: Option<String>,
+    /// Read ends of `ready = "fd:N"` pipes, by service id.
+    pub ready_fds: HashMap<u32, OwnedFd>,
+    /// Descriptors created since the loop last looked: to add to the reactor.
+    pub new_fds: Vec<(RawFd, Token)>,
+    oom_seen: HashMap<String, u64>,
+    rng: u64,
 }
 
-impl RealSpawner {
-    fn plan(&self, svc: &Service) -> Result<ExecPlan, String> {
+impl RealOs {
+    pub fn new(paths: Paths, hosted: bool) -> RealOs {
+        let logbook = Logbook::new(paths.log_dir());
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
+        RealOs {
+            paths,
+            hosted,
+            first_boot: false,
+            logbook,
+            cgroups: Cgroups::disabled(),
+            notify_socket: None,
+            ready_fds: HashMap::new(),
+            new_fds: Vec::new(),
+            oom_seen: HashMap::new(),
+            rng: seed,
+        }
+    }
+
+    fn plan(&mut self, svc: &Service) -> Result<ExecPlan, String> {
         let spec = &svc.spec;
         let path = std::env::var("PATH").ok().filter(|_| self.hosted).unwrap_or_else(|| DEFAULT_PATH.into());
         let mut env = vec![
@@ -141,6 +215,14 @@ impl RealSpawner {
         ];
         if self.first_boot {
             env.push(("GHOST_FIRST_BOOT".into(), "1".into()));
+        }
+        if spec.ready == "notify" || spec.watchdog_s > 0 {
+            if let Some(sock) = &self.notify_socket {
+                env.push(("NOTIFY_SOCKET".into(), sock.clone()));
+            }
+        }
+        if spec.watchdog_s > 0 {
+            env.push(("WATCHDOG_USEC".into(), (spec.watchdog_s * 1_000_000).to_string()));
         }
         let mut home = "/".to_string();
         let mut ids = None;
@@ -171,20 +253,69 @@ impl RealSpawner {
         }
         plan.ids = ids;
         plan.nofile = spec.nofile;
+        let (writers, fresh) = self.logbook.writers(svc.id, &svc.name, spec).map_err(|e| format!("log pipes: {e}"))?;
+        self.new_fds.extend(fresh.into_iter().map(|(fd, s)| (fd, Token::Log(svc.id, s))));
+        plan.output = Some(writers);
+        plan.cgroup_procs = self.cgroups.prepare(&svc.name, spec)?;
         Ok(plan)
     }
 }
 
-impl Spawn for RealSpawner {
+impl Os for RealOs {
     fn spawn(&mut self, svc: &Service) -> Result<i32, String> {
-        self.plan(svc)?.spawn()
+        let mut plan = self.plan(svc)?;
+        // `fd:N`: a fresh pipe per start; the service writes a newline when it is ready.
+        let mut ready_pipe = None;
+        if let Some(n) = svc.spec.ready.strip_prefix("fd:").and_then(|n| n.parse::<RawFd>().ok()) {
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 writes two descriptors, owned below.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+                return Err(format!("readiness pipe: {}", std::io::Error::last_os_error()));
+            }
+            // SAFETY: fresh descriptors.
+            let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            plan.extra_fd = Some((w.as_raw_fd(), n));
+            ready_pipe = Some((r, w));
+        }
+        let pid = plan.spawn()?;
+        if let Some((r, w)) = ready_pipe {
+            drop(w);
+            self.new_fds.push((r.as_raw_fd(), Token::ReadyFd(svc.id)));
+            self.ready_fds.insert(svc.id, r);
+        }
+        self.oom_seen.insert(svc.name.clone(), self.cgroups.oom_kills(&svc.name));
+        Ok(pid)
     }
 
-    fn signal_group(&mut self, pid: i32, sig: i32) {
+    fn signal(&mut self, _svc: &Service, pid: i32, sig: i32) {
         // The process group first (grandchildren too); if the service left its group, the pid.
         if crate::sys::kill(-pid, sig).is_err() {
             let _ = crate::sys::kill(pid, sig);
         }
+    }
+
+    fn kill_all(&mut self, svc: &Service, pid: i32) {
+        if !self.cgroups.kill(&svc.name) {
+            let _ = crate::sys::kill(-pid, libc::SIGKILL);
+            let _ = crate::sys::kill(pid, libc::SIGKILL);
+        }
+        if let Some(fd) = self.ready_fds.remove(&svc.id) {
+            drop(fd);
+        }
+    }
+
+    fn oom_killed(&mut self, svc: &Service) -> bool {
+        let now = self.cgroups.oom_kills(&svc.name);
+        let before = self.oom_seen.insert(svc.name.clone(), now).unwrap_or(0);
+        now > before
+    }
+
+    fn jitter(&mut self) -> f64 {
+        // xorshift64: spreading restarts needs no cryptography.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        0.9 + (self.rng % 2001) as f64 / 10_000.0
     }
 }
 
