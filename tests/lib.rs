@@ -310,3 +310,33 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// One request to a hosted ghost-init's control socket; the parsed reply.
+pub fn control(root: &Root, request: &str) -> ghost_proto::Reply {
+    use std::io::Write;
+    let path = root.path().join("run/ghost/control.sock");
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?}: {e}"))
+}
+
+/// The status of one service through the control socket.
+pub fn status(root: &Root, name: &str) -> ghost_proto::ServiceStatus {
+    let r = control(root, &format!("{{\"cmd\":\"status\",\"name\":\"{name}\"}}"));
+    assert!(r.ok, "status {name}: {:?}", r.error);
+    r.services.unwrap().remove(0)
+}
+
+/// Waits until the control socket exists (ghost-init opens it before starting services).
+pub fn wait_for_control(root: &Root, timeout: Duration) {
+    let path = root.path().join("run/ghost/control.sock");
+    assert!(eventually(timeout, || std::os::unix::net::UnixStream::connect(&path).is_ok()), "no control socket at {}", path.display());
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -108,6 +108,12 @@ impl Init {
             self.boot_services();
         }
         loop {
+            // Before every sleep: watch what was created since (log and readiness pipes of
+            // services started during boot too), flush replies, check boot progress.
+            let after = catch_unwind(AssertUnwindSafe(|| self.after_events()));
+            if let Err(p) = after {
+                say!("event loop: recovered from a panic: {}", crate::boot::panic_text(&*p));
+            }
             if let Phase::Stopping { action, bound } = self.phase {
                 if self.supervisor.all_down() || Instant::now() >= bound {
                     return action;
@@ -121,10 +127,6 @@ impl Init {
                 if let Err(p) = turn {
                     say!("event loop: recovered from a panic: {}", crate::boot::panic_text(&*p));
                 }
-            }
-            let after = catch_unwind(AssertUnwindSafe(|| self.after_events()));
-            if let Err(p) = after {
-                say!("event loop: recovered from a panic: {}", crate::boot::panic_text(&*p));
             }
         }
     }

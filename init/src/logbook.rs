@@ -148,8 +148,9 @@ impl Logbook {
             .logs
             .values()
             .filter(|l| name.is_none_or(|n| n == l.name))
-            .flat_map(|l| l.ring.iter().rev().take(n).cloned())
+            .flat_map(|l| l.ring.iter().skip(l.ring.len().saturating_sub(n)).cloned())
             .collect();
+        // Oldest first; the sort is stable, so lines of one service keep their order.
         lines.sort_by_key(|l| l.ts_ms);
         let skip = lines.len().saturating_sub(n);
         lines.split_off(skip)

@@ -1,0 +1,421 @@
+//! The supervisor and the control plane with real processes (issue 3): restarts, backoff,
+//! health, readiness, dependencies, reload, logs, events, bad protocol input, and real
+//! daemons from Debian's packages (redis-server, nginx) killed and coming back serving.
+
+use ghost_proto::{EventKind, State};
+use ghost_tests::{control, eventually, free_port, status, wait_for_control, Ghost, Isolation, Root};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(20);
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a pid of our test's tree.
+    unsafe { libc::kill(pid, sig) };
+}
+
+fn running_pid(root: &Root, name: &str) -> i32 {
+    let mut pid = 0;
+    assert!(eventually(Duration::from_secs(15), || {
+        let s = status(root, name);
+        pid = s.pid.unwrap_or(0);
+        s.state == State::Running
+    }), "{name} is not running: {:?}", status(root, name));
+    pid
+}
+
+fn boot(root: &Root) -> Ghost {
+    let g = Ghost::start(root, Isolation::Subreaper, "");
+    wait_for_control(root, BOOT);
+    g
+}
+
+#[test]
+fn kill_9_restarts_at_once_and_status_shows_it() {
+    let root = Root::new();
+    root.service("app", "description = \"an app\"\nexec = [\"/bin/sleep\", \"1000\"]\n");
+    let mut g = boot(&root);
+    let pid = running_pid(&root, "app");
+    let t = Instant::now();
+    kill(pid, libc::SIGKILL);
+    let mut new = 0;
+    assert!(eventually(Duration::from_secs(5), || {
+        let s = status(&root, "app");
+        new = s.pid.unwrap_or(0);
+        s.state == State::Running && new != pid
+    }));
+    let took = t.elapsed();
+    let s = status(&root, "app");
+    assert_eq!((s.restarts, s.last_exit.as_deref(), s.description.as_str()), (1, Some("signal 9"), "an app"));
+    assert!(took < Duration::from_secs(2), "restart took {took:?}");
+    g.console.wait_for("service app (pid", BOOT);
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn a_crash_loop_backs_off_is_shown_and_a_healthy_run_resets_it() {
+    let root = Root::new();
+    let flag = root.path().join("healthy");
+    // Crashes at once until the flag file exists, then stays up.
+    root.service(
+        "flaky",
+        &format!(
+            "exec = [\"/bin/sh\", \"-c\", \"test -e {} && exec sleep 1000; exit 3\"]\nrestart_delay_ms = 20\nrestart_max_delay_ms = 200\nrestart_reset_s = 1\n",
+            flag.display()
+        ),
+    );
+    let mut g = boot(&root);
+    g.console.wait_for("service flaky: crash loop: 5 failures in a row", BOOT);
+    assert!(eventually(Duration::from_secs(5), || status(&root, "flaky").state == State::CrashLoop));
+    let s = status(&root, "flaky");
+    assert!(s.next_restart_ms.unwrap() <= 220, "the delay is capped at restart_max_delay_ms: {s:?}");
+    // It keeps being retried (never gives up), and once it can run it runs.
+    std::fs::write(&flag, "").unwrap();
+    let pid = running_pid(&root, "flaky");
+    // After restart_reset_s of healthy running, a crash restarts immediately again.
+    std::thread::sleep(Duration::from_millis(1200)); // the healthy run itself is what is tested
+    std::fs::remove_file(&flag).unwrap();
+    let restarts = |t: &str| t.lines().filter(|l| l.contains("service flaky: restarting in")).map(str::to_string).collect::<Vec<_>>();
+    let before = restarts(&g.console.text()).len();
+    kill(pid, libc::SIGKILL);
+    assert!(eventually(Duration::from_secs(10), || restarts(&g.console.text()).len() > before));
+    let next = restarts(&g.console.text())[before].clone();
+    assert!(next.ends_with("restarting in 0 ms"), "the backoff was reset after a healthy run: {next}");
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn a_stopped_process_fails_its_health_check_and_is_restarted() {
+    let root = Root::new();
+    root.service("hang", "exec = [\"/bin/sleep\", \"1000\"]\nhealth = { exec = [\"/bin/true\"], interval_s = 1, timeout_s = 1, failures = 2 }\n");
+    let mut g = boot(&root);
+    let pid = running_pid(&root, "hang");
+    assert!(eventually(Duration::from_secs(5), || status(&root, "hang").health == Some(ghost_proto::Health::Healthy)));
+    let t = Instant::now();
+    kill(pid, libc::SIGSTOP);
+    g.console.wait_for("service hang (pid", BOOT);
+    let line = g.console.wait_for("unhealthy: 2 failed probe(s), last: the main process is stopped (SIGSTOP)", Duration::from_secs(10));
+    assert!(line.contains(&pid.to_string()), "{line}");
+    let new = running_pid(&root, "hang");
+    assert_ne!(new, pid);
+    // Two probes at 1 s intervals, then the restart: well within 2 intervals + slack.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn readiness_by_notify_fd_and_tcp_orders_dependents() {
+    let root = Root::new();
+    let port = free_port();
+    let order = root.path().join("order");
+    let o = order.display();
+    // `fd:3` (a newline on fd 3) and `tcp:PORT` carry the ordering here; sd_notify readiness
+    // is exercised by the real redis-server below.
+    root.service("base", &format!("exec = [\"/bin/sh\", \"-c\", \"echo base >> {o}; echo >&3; exec sleep 1000\"]\nready = \"fd:3\"\n"))
+        .service("listener", &format!("exec = [\"/bin/sh\", \"-c\", \"echo listener >> {o}; exec /bin/busybox httpd -f -p 127.0.0.1:{port} -h /\"]\nready = \"tcp:{port}\"\nrequires = [\"base\"]\n"))
+        .service("top", &format!("exec = [\"/bin/sh\", \"-c\", \"echo top >> {o}; exec sleep 1000\"]\nrequires = [\"listener\"]\n"));
+    let mut g = boot(&root);
+    running_pid(&root, "top");
+    assert_eq!(std::fs::read_to_string(&order).unwrap(), "base\nlistener\ntop\n");
+    // Stopping `base` stops what requires it first, in reverse order.
+    let r = control(&root, "{\"cmd\":\"stop\",\"name\":\"base\"}");
+    assert!(r.ok);
+    assert!(eventually(Duration::from_secs(10), || status(&root, "base").state == State::Stopped));
+    assert_eq!(status(&root, "top").state, State::Blocked);
+    assert_eq!(status(&root, "listener").state, State::Blocked);
+    // Starting `top` brings its requirements back, in order.
+    assert!(control(&root, "{\"cmd\":\"start\",\"name\":\"top\"}").ok);
+    running_pid(&root, "top");
+    assert_eq!(std::fs::read_to_string(&order).unwrap(), "base\nlistener\ntop\nbase\nlistener\ntop\n");
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(15)).unwrap().success());
+}
+
+#[test]
+fn shutdown_stops_in_reverse_dependency_order() {
+    let root = Root::new();
+    let log = root.path().join("stops");
+    let l = log.display();
+    for (name, extra) in [("db", ""), ("app", "requires = [\"db\"]\n"), ("web", "requires = [\"app\"]\n")] {
+        // Ready (fd 3) only once the trap is set, so a stop can never arrive before it.
+        root.service(name, &format!("exec = [\"/bin/sh\", \"-c\", \"trap 'echo {name} >> {l}; exit 0' TERM; echo >&3; sleep 1000 & wait\"]\nready = \"fd:3\"\n{extra}"));
+    }
+    let mut g = boot(&root);
+    running_pid(&root, "web");
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(15)).unwrap().success());
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "web\napp\ndb\n");
+    g.console.wait_for("stopped cleanly (3 services stopped", Duration::from_secs(1));
+}
+
+#[test]
+fn reload_applies_a_change_to_one_service_only() {
+    let root = Root::new();
+    root.service("keep", "exec = [\"/bin/sleep\", \"1000\"]\n").service("edit", "exec = [\"/bin/sleep\", \"1000\"]\n").service("drop", "exec = [\"/bin/sleep\", \"1000\"]\n");
+    let mut g = boot(&root);
+    let (keep, edit) = (running_pid(&root, "keep"), running_pid(&root, "edit"));
+    root.service("edit", "exec = [\"/bin/sleep\", \"1001\"]\n").service("new", "exec = [\"/bin/sleep\", \"1000\"]\n").service("bad", "exec = 5\n");
+    std::fs::remove_file(root.path().join("etc/ghost/services/drop.toml")).unwrap();
+    let r = control(&root, "{\"cmd\":\"reload\"}");
+    let rep = r.reload.expect("a reload report");
+    assert_eq!((rep.added, rep.removed, rep.changed, rep.unchanged), (vec!["new".to_string()], vec!["drop".to_string()], vec!["edit".to_string()], vec!["keep".to_string()]));
+    assert!(rep.errors.iter().any(|e| e.contains("bad.toml") && e.contains("exec")), "{:?}", rep.errors);
+    assert_eq!(running_pid(&root, "keep"), keep, "unchanged: same process");
+    assert!(eventually(Duration::from_secs(10), || status(&root, "edit").pid.is_some_and(|p| p != edit) && status(&root, "edit").state == State::Running));
+    running_pid(&root, "new");
+    assert!(eventually(Duration::from_secs(10), || !control(&root, "{\"cmd\":\"status\",\"name\":\"drop\"}").ok), "drop is gone");
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn logs_are_captured_timestamped_kept_and_followed() {
+    let root = Root::new();
+    let fifo = root.path().join("go");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    root.service(
+        "talker",
+        &format!("exec = [\"/bin/sh\", \"-c\", \"echo hello out; echo hello err >&2; read x < {}; echo after $x; exec sleep 1000\"]\nlog_max_size = \"1K\"\n", fifo.display()),
+    );
+    let mut g = boot(&root);
+    assert!(eventually(Duration::from_secs(10), || control(&root, "{\"cmd\":\"logs\",\"name\":\"talker\"}").logs.unwrap().len() == 2));
+    let lines = control(&root, "{\"cmd\":\"logs\",\"name\":\"talker\",\"lines\":5}").logs.unwrap();
+    assert_eq!(lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["hello out", "hello err"]);
+    assert_eq!(lines[1].stream, ghost_proto::Stream::Stderr);
+    // Follow: the backlog, then new lines as they come.
+    let mut s = UnixStream::connect(root.path().join("run/ghost/control.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"{\"cmd\":\"logs\",\"name\":\"talker\",\"follow\":true,\"lines\":1}\n").unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "{\"ok\":true,\"stream\":\"logs\"}\n");
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("hello err"), "{line}");
+    std::fs::write(&fifo, "now\n").unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("\"text\":\"after now\""), "{line}");
+    let file = std::fs::read_to_string(root.path().join("var/log/ghost/talker.log")).unwrap();
+    assert!(file.lines().any(|l| l.ends_with(" out hello out") && l.starts_with("20")), "{file}");
+    assert!(control(&root, "{\"cmd\":\"logs\",\"name\":\"nosuch\"}").error.unwrap().contains("nosuch"));
+    drop(s);
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn events_stream_every_state_change() {
+    let root = Root::new();
+    root.service("ev", "exec = [\"/bin/sleep\", \"1000\"]\n");
+    let mut g = boot(&root);
+    let pid = running_pid(&root, "ev");
+    let mut s = UnixStream::connect(root.path().join("run/ghost/control.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"{\"cmd\":\"events\"}\n").unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "{\"ok\":true,\"stream\":\"events\"}\n");
+    kill(pid, libc::SIGKILL);
+    let mut kinds = Vec::new();
+    while !kinds.contains(&EventKind::Ready) {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let item: ghost_proto::StreamItem = serde_json::from_str(&line).unwrap();
+        if let ghost_proto::StreamItem::Event(e) = item {
+            assert_eq!(e.service.as_deref(), Some("ev"));
+            kinds.push(e.kind);
+        }
+    }
+    assert_eq!(kinds, [EventKind::Exited, EventKind::Restarting, EventKind::Starting, EventKind::Ready]);
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn bad_protocol_input_gets_errors_and_costs_nothing() {
+    let root = Root::new();
+    root.service("x", "exec = [\"/bin/sleep\", \"1000\"]\n");
+    let mut g = boot(&root);
+    let path = root.path().join("run/ghost/control.sock");
+    let mut s = UnixStream::connect(&path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let cases: Vec<Vec<u8>> = vec![
+        b"garbage\n".to_vec(),
+        b"{\"cmd\":\"explode\"}\n".to_vec(),
+        b"{\"cmd\":\"stop\"}\n".to_vec(),
+        b"{\"cmd\":\"stop\",\"name\":\"nosuch\"}\n".to_vec(),
+        b"\xff\xfe\x00\x01\n".to_vec(),
+        [vec![b'['; 100_000], b"\n".to_vec()].concat(),
+        b"[1,2,3]\n".to_vec(),
+    ];
+    for c in &cases {
+        s.write_all(c).unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let reply: ghost_proto::Reply = serde_json::from_str(&line).unwrap();
+        assert!(!reply.ok && reply.error.is_some(), "{line}");
+    }
+    // The same connection still works.
+    s.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("{\"ok\":true,\"services\""), "{line}");
+    // Clients that vanish mid-request or mid-stream cost nothing.
+    for i in 0..50 {
+        let mut c = UnixStream::connect(&path).unwrap();
+        let _ = c.write_all(if i % 2 == 0 { b"{\"cmd\":\"events\"}\n" } else { b"{\"cmd\":\"sta" });
+    }
+    for _ in 0..3 {
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(b"{\"cmd\":\"logs\",\"follow\":true}\n").unwrap();
+        let mut b = [0u8; 10];
+        let _ = c.read(&mut b);
+    }
+    assert_eq!(status(&root, "x").state, State::Running);
+    assert!(g.child.try_wait().unwrap().is_none());
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn the_control_socket_refuses_other_users() {
+    let root = Root::new();
+    root.service("x", "exec = [\"/bin/sleep\", \"1000\"]\n");
+    let mut g = boot(&root);
+    let path = root.path().join("run/ghost/control.sock");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    // As `nobody`, connecting is refused (by the file mode, before SO_PEERCRED is asked).
+    let errno = connect_as(65534, &path);
+    assert_eq!(errno, libc::EACCES, "nobody's connect must fail with EACCES, got errno {errno}");
+    assert_eq!(connect_as(0, &path), 0, "root may connect");
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+/// Connects to `path` from a child running as `uid`; returns 0 or the connect errno.
+fn connect_as(uid: u32, path: &std::path::Path) -> i32 {
+    // Everything the child touches is prepared before the fork (the test is multi-threaded).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as _;
+    for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_encoded_bytes()) {
+        *d = *s as _;
+    }
+    // SAFETY: the child makes only async-signal-safe calls and leaves with _exit.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            if libc::setgroups(0, std::ptr::null()) < 0 || libc::setgid(uid) < 0 || libc::setuid(uid) < 0 {
+                libc::_exit(100);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let r = libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), std::mem::size_of::<libc::sockaddr_un>() as _);
+            libc::_exit(if r == 0 { 0 } else { *libc::__errno_location() });
+        }
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, 0);
+        libc::WEXITSTATUS(st)
+    }
+}
+
+/// Real daemons from Debian's packages, supervised in hosted mode.
+mod daemons {
+    use super::*;
+
+    fn have(bin: &str) -> bool {
+        if std::path::Path::new(bin).exists() {
+            return true;
+        }
+        eprintln!("SKIP: {bin} is not installed (tests/install-deps installs it as root)");
+        false
+    }
+
+    fn redis_ping(port: u16) -> bool {
+        std::process::Command::new("redis-cli").args(["-p", &port.to_string(), "ping"]).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+    }
+
+    #[test]
+    fn redis_ready_by_sd_notify_healthy_by_redis_cli_and_back_after_kill_and_sigstop() {
+        if !have("/usr/bin/redis-server") {
+            return;
+        }
+        let root = Root::new();
+        let port = free_port();
+        let dir = root.path().join("redis");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("redis.conf"), format!("port {port}\nbind 127.0.0.1\nsupervised systemd\ndaemonize no\ndir {}\nsave \"\"\nappendonly no\n", dir.display())).unwrap();
+        root.service(
+            "redis",
+            &format!(
+                "description = \"Redis\"\nexec = [\"/usr/bin/redis-server\", \"{}\"]\nready = \"notify\"\nhealth = {{ exec = [\"/usr/bin/redis-cli\", \"-p\", \"{port}\", \"ping\"], interval_s = 1, timeout_s = 1, failures = 2 }}\n",
+                dir.join("redis.conf").display()
+            ),
+        );
+        let mut g = boot(&root);
+        let pid = running_pid(&root, "redis");
+        assert!(redis_ping(port), "ready means serving");
+        let s = status(&root, "redis");
+        assert!(s.status_text.is_some(), "redis sends STATUS= over sd_notify: {s:?}");
+        kill(pid, libc::SIGKILL);
+        assert!(eventually(Duration::from_secs(10), || status(&root, "redis").pid.is_some_and(|p| p != pid) && status(&root, "redis").state == State::Running));
+        assert!(redis_ping(port), "back and serving after kill -9");
+        let pid = status(&root, "redis").pid.unwrap();
+        kill(pid, libc::SIGSTOP);
+        g.console.wait_for("service redis (pid", BOOT);
+        g.console.wait_for("unhealthy", Duration::from_secs(15));
+        assert!(eventually(Duration::from_secs(15), || status(&root, "redis").pid.is_some_and(|p| p != pid) && status(&root, "redis").state == State::Running));
+        assert!(eventually(Duration::from_secs(5), || redis_ping(port)), "back and serving after SIGSTOP");
+        g.signal(libc::SIGTERM);
+        assert!(g.wait_exit(Duration::from_secs(15)).unwrap().success());
+        assert!(!redis_ping(port), "stopped with ghost-init");
+    }
+
+    fn http_get(port: u16) -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    }
+
+    #[test]
+    fn nginx_ready_by_tcp_healthy_by_http_and_back_after_kill() {
+        if !have("/usr/sbin/nginx") {
+            return;
+        }
+        let root = Root::new();
+        let port = free_port();
+        let dir = root.path().join("nginx");
+        std::fs::create_dir_all(dir.join("html")).unwrap();
+        std::fs::write(dir.join("html/index.html"), "hello from nginx under ghost-init\n").unwrap();
+        let d = dir.display();
+        std::fs::write(
+            dir.join("nginx.conf"),
+            format!("daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log stderr;\nevents {{ worker_connections 64; }}\nhttp {{ access_log off; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp; server {{ listen 127.0.0.1:{port}; root {d}/html; }} }}\n"),
+        )
+        .unwrap();
+        root.service(
+            "nginx",
+            &format!("exec = [\"/usr/sbin/nginx\", \"-c\", \"{d}/nginx.conf\", \"-e\", \"stderr\"]\nready = \"tcp:{port}\"\nstop_signal = \"QUIT\"\nhealth = {{ http = \"http://127.0.0.1:{port}/\", interval_s = 1, timeout_s = 1, failures = 2 }}\n"),
+        );
+        let mut g = boot(&root);
+        let pid = running_pid(&root, "nginx");
+        assert!(http_get(port).unwrap().contains("hello from nginx under ghost-init"));
+        assert!(eventually(Duration::from_secs(5), || status(&root, "nginx").health == Some(ghost_proto::Health::Healthy)));
+        kill(pid, libc::SIGKILL);
+        assert!(eventually(Duration::from_secs(10), || status(&root, "nginx").pid.is_some_and(|p| p != pid) && status(&root, "nginx").state == State::Running));
+        assert!(eventually(Duration::from_secs(5), || http_get(port).is_some_and(|b| b.contains("hello from nginx"))), "back and serving after kill -9");
+        g.signal(libc::SIGTERM);
+        assert!(g.wait_exit(Duration::from_secs(15)).unwrap().success());
+        assert!(http_get(port).is_none(), "nginx workers went with it");
+    }
+}
