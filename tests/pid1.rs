@@ -109,15 +109,18 @@ fn a_missing_service_binary_is_reported_and_survived() {
     // It keeps being retried with a growing delay (50 ms doubling, ±10% jitter), and the rest
     // of the system is unaffected.
     g.console.wait_for("crash loop: 5 failures in a row", Duration::from_secs(10));
-    let delays: Vec<u64> = g.console.text().lines()
-        .filter_map(|l| l.strip_prefix("ghost-init: service ghostly: restarting in ")?.strip_suffix(" ms")?.parse().ok())
-        .collect();
-    assert!(delays.len() >= 5, "{delays:?}");
+    let delays = || -> Vec<u64> {
+        g.console.text().lines()
+            .filter_map(|l| l.strip_prefix("ghost-init: service ghostly: restarting in ")?.strip_suffix(" ms")?.parse().ok())
+            .collect()
+    };
+    assert!(eventually(Duration::from_secs(10), || delays().len() >= 5), "{:?}", delays());
+    let delays = delays();
     assert_eq!(delays[0], 0, "the first retry is immediate");
     for w in delays[1..5].windows(2) {
         assert!(w[1] as f64 >= w[0] as f64 * 2.0 * 0.9 / 1.1, "delays grow: {delays:?}");
     }
-    assert!(g.processes().iter().any(|p| p.cmdline == "/bin/sleep 1000"), "{:?}", g.processes());
+    assert!(eventually(Duration::from_secs(5), || g.processes().iter().any(|p| p.cmdline == "/bin/sleep 1000")), "{:?}", g.processes());
     assert!(g.child.try_wait().unwrap().is_none(), "ghost-init must still be running");
     g.signal(libc::SIGTERM);
     assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
@@ -160,7 +163,9 @@ fn bad_configuration_is_named_and_boot_goes_on() {
     assert!(text.contains("ghost.toml: unknown key `fancy`"), "{text}");
     assert!(text.contains("typo.toml") && text.contains("restrat") && text.contains("service typo left out"), "{text}");
     assert!(text.contains("broken.toml") && text.contains("service broken left out"), "{text}");
-    assert!(g.processes().iter().filter(|p| p.cmdline == "/bin/sleep 1000").count() == 1, "only `fine` runs: {:?}", g.processes());
+    // Services are forked before `boot complete`; their exec may still be under way.
+    let sleepers = || g.processes().iter().filter(|p| p.cmdline == "/bin/sleep 1000").count();
+    assert!(eventually(Duration::from_secs(5), || sleepers() == 1), "only `fine` runs: {:?}", g.processes());
     g.signal(libc::SIGTERM);
     assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
 }

@@ -133,9 +133,11 @@ impl Logbook {
                 }
             }
         }
-        for line in &out {
-            log.record(&dir, line);
-            if echo {
+        if !out.is_empty() {
+            log.record(&dir, &out);
+        }
+        if echo {
+            for line in &out {
                 crate::say!("{} | {}", line.service, line.text);
             }
         }
@@ -163,21 +165,47 @@ impl Logbook {
 }
 
 impl ServiceLog {
-    fn record(&mut self, dir: &Path, line: &LogLine) {
-        self.ring.push_back(line.clone());
+    /// Keeps `lines` (all read at the same moment) in the ring and appends them to the file
+    /// with one write per file: a flood costs PID 1 a few syscalls per wake-up, not one per line.
+    fn record(&mut self, dir: &Path, lines: &[LogLine]) {
+        for line in lines {
+            self.ring.push_back(line.clone());
+        }
         while self.ring.len() > RING_LINES {
             self.ring.pop_front();
         }
-        let text = format!("{} {} {}\n", rfc3339_ms(line.ts_ms), if line.stream == Stream::Stdout { "out" } else { "err" }, line.text);
-        if self.file.is_none() || self.file_size + text.len() as u64 > self.max_size {
-            if let Err(e) = self.open(dir, self.file.is_some()) {
-                if !self.file_error_said {
-                    crate::say!("logs: {}: {e}; keeping its lines in memory only", dir.join(format!("{}.log", self.name)).display());
-                    self.file_error_said = true;
+        let stamp = rfc3339_ms(lines[0].ts_ms);
+        let mut chunk = String::with_capacity(lines.iter().map(|l| l.text.len() + 32).sum());
+        for line in lines {
+            let tag = if line.stream == Stream::Stdout { "out" } else { "err" };
+            let before = chunk.len();
+            chunk.push_str(&stamp);
+            chunk.push(' ');
+            chunk.push_str(tag);
+            chunk.push(' ');
+            chunk.push_str(&line.text);
+            chunk.push('\n');
+            // Rotate at line boundaries: flush what fits, then start the next file.
+            if self.file.is_some() && self.file_size + chunk.len() as u64 > self.max_size && before > 0 {
+                let rest = chunk.split_off(before);
+                self.append(dir, &chunk);
+                chunk = rest;
+                self.file_size = self.max_size; // forces the rotation below
+            }
+            if self.file.is_none() || self.file_size + chunk.len() as u64 > self.max_size {
+                if let Err(e) = self.open(dir, self.file.is_some()) {
+                    if !self.file_error_said {
+                        crate::say!("logs: {}: {e}; keeping its lines in memory only", dir.join(format!("{}.log", self.name)).display());
+                        self.file_error_said = true;
+                    }
+                    return;
                 }
-                return;
             }
         }
+        self.append(dir, &chunk);
+    }
+
+    fn append(&mut self, _dir: &Path, text: &str) {
         if let Some(f) = &mut self.file {
             if f.write_all(text.as_bytes()).is_ok() {
                 self.file_size += text.len() as u64;
