@@ -196,10 +196,10 @@ fn emergency_opens_the_rescue_prompt_and_continue_finishes_boot() {
     let mut g = Ghost::start_with_stdin(&root, Isolation::Subreaper, "ghost.emergency=1", Some("help\nlog\nbogus\ncontinue\n"));
     g.console.wait_for("ghost.emergency=1: stopping after the mounts", BOOT);
     g.console.wait_for("boot complete", BOOT);
-    let out = g.stdout.text();
-    assert!(out.contains("commands: help, log"), "{out}");
-    assert!(out.contains("ghost-init: state ok"), "the log command shows the boot log: {out}");
-    assert!(out.contains("unknown command `bogus`"), "{out}");
+    // stdout (the prompt's answers) is a separate stream from the console lines: await it.
+    g.stdout.wait_for("commands: help, log", BOOT);
+    g.stdout.wait_for("ghost-init: state ok", BOOT); // the `log` command shows the boot log
+    g.stdout.wait_for("unknown command `bogus`", BOOT);
     // Services start only after `continue`.
     let text = g.console.text();
     assert!(text.find("continuing boot").unwrap() < text.find("services ok").unwrap(), "{text}");

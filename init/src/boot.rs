@@ -73,9 +73,9 @@ impl Init {
             self.step("hostname", |init| sys::sethostname(&init.config.hostname).map_err(|e| format!("{}: {e}", init.config.hostname)));
             self.step("loopback", |_| sys::interface_up("lo").map_err(|e| format!("lo: {e}")));
         }
-        // Until the network issue lands only loopback is configured (or, hosted, the host's
-        // network is used): that is what `requires = ["network"]` waits for.
-        self.supervisor.targets_up.push("network".into());
+        // Raises the `network` target once the interface has its address (for DHCP, later,
+        // from the event loop); hosted without ghost.ip=, the host's network is used.
+        self.start_network();
         self.step("control", |init| init.open_control_plane());
         self.step("services", |init| init.start_services());
         self.phase = Phase::WaitingForCritical;

@@ -58,6 +58,8 @@ pub struct Init {
     pub removed: Vec<String>,
     /// Orphans reaped that were no service's main process.
     pub strays_reaped: u64,
+    /// DHCP on the configured interface, when the network step uses it (network/mod.rs).
+    pub network: Option<crate::network::Dhcp>,
 }
 
 /// Extra time, past the last service's stop timeout, that shutdown waits for stragglers.
@@ -84,6 +86,7 @@ impl Init {
             events: Default::default(),
             removed: Vec::new(),
             strays_reaped: 0,
+            network: None,
         };
         init.set_cmdline(cmdline);
         init
@@ -132,7 +135,7 @@ impl Init {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let mut d = [self.supervisor.next_deadline(), self.probes.next_deadline()].into_iter().flatten().min();
+        let mut d = [self.supervisor.next_deadline(), self.probes.next_deadline(), self.network_deadline()].into_iter().flatten().min();
         if let Phase::Stopping { bound, .. } = self.phase {
             d = Some(d.map_or(bound, |x| x.min(bound)));
         }
@@ -146,7 +149,10 @@ impl Init {
                     self.on_signal(sig);
                 }
             }
-            Token::Timer => self.tick(),
+            Token::Timer => {
+                self.tick();
+                self.network_tick();
+            }
             Token::Stdin => self.rescue_readable(),
             Token::ControlListener => {
                 if let Some(c) = &mut self.control {
@@ -168,6 +174,7 @@ impl Init {
                 }
             }
             Token::ReadyFd(id) => self.ready_fd(id),
+            Token::Dhcp => self.network_readable(),
             Token::Probe(id) => {
                 if let Some(out) = self.probes.on_ready(id) {
                     self.probe_done(out);

@@ -11,6 +11,7 @@ mod init;
 mod log;
 mod logbook;
 mod modules;
+mod network;
 mod mounts;
 mod notify;
 mod paths;

@@ -25,6 +25,8 @@ pub enum Token {
     ReadyFd(u32),
     /// A tcp/http probe socket.
     Probe(u32),
+    /// The DHCP client's socket (network/mod.rs).
+    Dhcp,
 }
 
 impl Token {
@@ -39,6 +41,7 @@ impl Token {
             Token::Log(i, s) => (7, i as u64, s as u64),
             Token::ReadyFd(i) => (8, i as u64, 0),
             Token::Probe(i) => (9, i as u64, 0),
+            Token::Dhcp => (10, 0, 0),
         };
         kind << 56 | b << 48 | a
     }
@@ -56,6 +59,7 @@ impl Token {
             7 => Token::Log(a, b),
             8 => Token::ReadyFd(a),
             9 => Token::Probe(a),
+            10 => Token::Dhcp,
             _ => return None,
         })
     }
@@ -237,7 +241,7 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        for t in [Token::Signal, Token::Timer, Token::Stdin, Token::ControlListener, Token::ControlClient(7), Token::Notify, Token::Log(u32::MAX, 1), Token::ReadyFd(3), Token::Probe(9)] {
+        for t in [Token::Signal, Token::Timer, Token::Stdin, Token::ControlListener, Token::ControlClient(7), Token::Notify, Token::Log(u32::MAX, 1), Token::ReadyFd(3), Token::Probe(9), Token::Dhcp] {
             assert_eq!(Token::unpack(t.pack()), Some(t));
         }
         assert_eq!(Token::unpack(0), None);
