@@ -58,6 +58,8 @@ pub struct Init {
     pub removed: Vec<String>,
     /// Orphans reaped that were no service's main process.
     pub strays_reaped: u64,
+    /// Reused between wake-ups so that waiting allocates nothing.
+    pub ready_buf: Vec<reactor::Ready>,
     /// DHCP on the configured interface, when the network step uses it (network/mod.rs).
     pub network: Option<crate::network::Dhcp>,
 }
@@ -86,6 +88,7 @@ impl Init {
             events: Default::default(),
             removed: Vec::new(),
             strays_reaped: 0,
+            ready_buf: Vec::with_capacity(reactor::MAX_EVENTS),
             network: None,
         };
         init.set_cmdline(cmdline);
@@ -123,14 +126,19 @@ impl Init {
                 }
             }
             self.reactor.arm(self.next_deadline());
-            let mut ready = Vec::with_capacity(reactor::MAX_EVENTS);
+            let mut ready = std::mem::take(&mut self.ready_buf);
+            ready.clear();
             self.reactor.wait(|r| ready.push(r));
-            for r in ready {
+            // Service output last: a flooding service must not delay signals, the operator or
+            // health probes within one wake-up.
+            ready.sort_by_key(|r| matches!(r.token, Token::Log(..)));
+            for &r in &ready {
                 let turn = catch_unwind(AssertUnwindSafe(|| self.handle(r)));
                 if let Err(p) = turn {
                     say!("event loop: recovered from a panic: {}", crate::boot::panic_text(&*p));
                 }
             }
+            self.ready_buf = ready;
         }
     }
 
