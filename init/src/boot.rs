@@ -72,6 +72,7 @@ impl Init {
         if !self.hosted {
             self.step("hostname", |init| sys::sethostname(&init.config.hostname).map_err(|e| format!("{}: {e}", init.config.hostname)));
             self.step("loopback", |_| sys::interface_up("lo").map_err(|e| format!("lo: {e}")));
+            self.watch_power_button();
         }
         // Raises the `network` target once the interface has its address (for DHCP, later,
         // from the event loop); hosted without ghost.ip=, the host's network is used.
@@ -100,6 +101,23 @@ impl Init {
             say!("ghost.poweroff_after_ready=1: shutting down");
             self.begin_shutdown(sys::PowerAction::PowerOff);
         }
+    }
+
+    /// The ACPI power button powers off (needs the `button` and `evdev` modules).
+    fn watch_power_button(&mut self) {
+        let paths = crate::power_button::find(Path::new("/sys/class/input"), Path::new("/dev/input"));
+        let (buttons, fds) = crate::power_button::PowerButtons::open(&paths);
+        for fd in &fds {
+            if let Err(e) = self.reactor.add(*fd, crate::reactor::Token::PowerButton, false) {
+                say!("power button: cannot watch it: {e}");
+            }
+        }
+        if fds.is_empty() {
+            say!("power button: none found (load the `button` and `evdev` modules); SIGTERM or ghostctl poweroff still power off");
+        } else {
+            say!("power button: {} powers the machine off", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        }
+        self.power_buttons = buttons;
     }
 
     /// cgroups, the notify socket and the control socket: before any service starts.

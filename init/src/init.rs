@@ -58,6 +58,7 @@ pub struct Init {
     pub removed: Vec<String>,
     /// Orphans reaped that were no service's main process.
     pub strays_reaped: u64,
+    pub power_buttons: crate::power_button::PowerButtons,
     /// Reused between wake-ups so that waiting allocates nothing.
     pub ready_buf: Vec<reactor::Ready>,
     /// DHCP on the configured interface, when the network step uses it (network/mod.rs).
@@ -89,6 +90,7 @@ impl Init {
             removed: Vec::new(),
             strays_reaped: 0,
             ready_buf: Vec::with_capacity(reactor::MAX_EVENTS),
+            power_buttons: Default::default(),
             network: None,
         };
         init.set_cmdline(cmdline);
@@ -183,6 +185,12 @@ impl Init {
             }
             Token::ReadyFd(id) => self.ready_fd(id),
             Token::Dhcp => self.network_readable(),
+            Token::PowerButton => {
+                if self.power_buttons.pressed() {
+                    say!("power button pressed");
+                    self.begin_shutdown(PowerAction::PowerOff);
+                }
+            }
             Token::Probe(id) => {
                 if let Some(out) = self.probes.on_ready(id) {
                     self.probe_done(out);

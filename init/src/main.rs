@@ -15,6 +15,7 @@ mod network;
 mod mounts;
 mod notify;
 mod paths;
+mod power_button;
 mod probe;
 mod reactor;
 mod rescue;

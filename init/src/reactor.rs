@@ -27,6 +27,8 @@ pub enum Token {
     Probe(u32),
     /// The DHCP client's socket (network/mod.rs).
     Dhcp,
+    /// An input device that has a power key (the ACPI power button).
+    PowerButton,
 }
 
 impl Token {
@@ -42,6 +44,7 @@ impl Token {
             Token::ReadyFd(i) => (8, i as u64, 0),
             Token::Probe(i) => (9, i as u64, 0),
             Token::Dhcp => (10, 0, 0),
+            Token::PowerButton => (11, 0, 0),
         };
         kind << 56 | b << 48 | a
     }
@@ -60,6 +63,7 @@ impl Token {
             8 => Token::ReadyFd(a),
             9 => Token::Probe(a),
             10 => Token::Dhcp,
+            11 => Token::PowerButton,
             _ => return None,
         })
     }
@@ -241,7 +245,7 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        for t in [Token::Signal, Token::Timer, Token::Stdin, Token::ControlListener, Token::ControlClient(7), Token::Notify, Token::Log(u32::MAX, 1), Token::ReadyFd(3), Token::Probe(9), Token::Dhcp] {
+        for t in [Token::Signal, Token::Timer, Token::Stdin, Token::ControlListener, Token::ControlClient(7), Token::Notify, Token::Log(u32::MAX, 1), Token::ReadyFd(3), Token::Probe(9), Token::Dhcp, Token::PowerButton] {
             assert_eq!(Token::unpack(t.pack()), Some(t));
         }
         assert_eq!(Token::unpack(0), None);
