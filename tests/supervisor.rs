@@ -419,3 +419,45 @@ mod daemons {
         assert!(http_get(port).is_none(), "nginx workers went with it");
     }
 }
+
+#[test]
+fn user_group_supplementary_groups_env_working_dir_and_nofile_are_applied() {
+    let root = Root::new();
+    let dir = root.path().join("work");
+    std::fs::create_dir_all(&dir).unwrap();
+    // nobody must be able to enter it: the temp dir's parents are root's (0700 for tempdir).
+    for p in [root.path(), dir.as_path()] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    root.service(
+        "who",
+        &format!(
+            "exec = [\"/bin/sh\", \"-c\", \"echo uid=$(id -u) gid=$(id -g) groups=$(id -G) nofile=$(ulimit -n) pwd=$(pwd) foo=$FOO home=$HOME; exec sleep 1000\"]\nuser = \"nobody\"\ngroup = \"nogroup\"\nworking_dir = \"{}\"\nenv = {{ FOO = \"bar baz\" }}\nnofile = 1234\n",
+            dir.display()
+        ),
+    );
+    let mut g = boot(&root);
+    let mut line = String::new();
+    assert!(eventually(Duration::from_secs(10), || {
+        let logs = control(&root, "{\"cmd\":\"logs\",\"name\":\"who\"}").logs.unwrap_or_default();
+        line = logs.first().map(|l| l.text.clone()).unwrap_or_default();
+        !line.is_empty()
+    }), "{}", g.console.text());
+    let expect = |cmd: &[&str]| String::from_utf8(std::process::Command::new("id").args(cmd).output().unwrap().stdout).unwrap().trim().to_string();
+    let nogroup = String::from_utf8(std::process::Command::new("getent").args(["group", "nogroup"]).output().unwrap().stdout).unwrap();
+    let nogroup_gid = nogroup.split(':').nth(2).unwrap().trim().to_string();
+    let passwd = String::from_utf8(std::process::Command::new("getent").args(["passwd", "nobody"]).output().unwrap().stdout).unwrap();
+    let home = passwd.split(':').nth(5).unwrap().to_string();
+    // Supplementary groups are nobody's own (from /etc/group), with the service's group first.
+    let mut groups: Vec<String> = expect(&["-G", "nobody"]).split_whitespace().map(str::to_string).collect();
+    groups.retain(|g| *g != expect(&["-g", "nobody"]));
+    let mut want_groups = vec![nogroup_gid.clone()];
+    want_groups.extend(groups);
+    assert_eq!(
+        line,
+        format!("uid={} gid={nogroup_gid} groups={} nofile=1234 pwd={} foo=bar baz home={home}", expect(&["-u", "nobody"]), want_groups.join(" "), dir.display())
+    );
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
