@@ -17,6 +17,7 @@ mod notify;
 mod paths;
 mod power_button;
 mod probe;
+mod procfs;
 mod reactor;
 mod rescue;
 mod service_file;

@@ -70,9 +70,7 @@ impl NotifySocket {
 
 /// The process group of `pid` (services are session leaders: their group is their main pid).
 pub fn process_group(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(2)?.parse().ok()
+    crate::procfs::stat(pid).map(|s| s.pgrp)
 }
 
 #[cfg(test)]

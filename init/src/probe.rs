@@ -277,8 +277,7 @@ fn socket_error(fd: RawFd) -> i32 {
 
 /// State `T` (stopped) or `t` (traced) in /proc/PID/stat.
 pub fn process_is_stopped(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).is_some_and(|s| s == "T" || s == "t")
+    crate::procfs::stat(pid).is_some_and(|s| s.state == 'T' || s.state == 't')
 }
 
 #[cfg(test)]

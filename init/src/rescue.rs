@@ -182,16 +182,8 @@ pub fn prompt(init: &mut Init) {
 
 fn process_list() -> String {
     let mut rows = vec![format!("{:>7} {:<5} {}\n", "PID", "STATE", "COMMAND")];
-    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default();
-    pids.sort();
-    for pid in pids {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let comm = &stat[open + 1..close];
-        let state = stat[close + 1..].split_whitespace().next().unwrap_or("?");
-        rows.push(format!("{pid:>7} {state:<5} {comm}\n"));
+    for p in crate::procfs::processes() {
+        rows.push(format!("{:>7} {:<5} {}\n", p.pid, p.state, p.comm));
     }
     rows.concat()
 }

@@ -107,7 +107,7 @@ impl Init {
     /// descendants (as a subreaper, orphans of our services are re-parented to us).
     fn leftover_pids(&self) -> Vec<i32> {
         let me = std::process::id() as i32;
-        let table = process_table();
+        let table = crate::procfs::processes();
         if self.is_pid1 {
             return table.iter().filter(|p| p.pid != me && !p.kernel_thread && p.state != 'Z').map(|p| p.pid).collect();
         }
@@ -121,33 +121,6 @@ impl Init {
         found.remove(0);
         found
     }
-}
-
-struct Proc {
-    pid: i32,
-    ppid: i32,
-    state: char,
-    kernel_thread: bool,
-}
-
-fn process_table() -> Vec<Proc> {
-    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let after = &stat[stat.rfind(')')? + 1..];
-            let f: Vec<&str> = after.split_whitespace().collect();
-            // Fields after the command: state(3) ppid(4) ... flags(9).
-            let flags: u64 = f.get(6)?.parse().ok()?;
-            Some(Proc {
-                pid,
-                ppid: f.get(1)?.parse().ok()?,
-                state: f.first()?.chars().next()?,
-                kernel_thread: flags & 0x0020_0000 != 0 || pid == 2,
-            })
-        })
-        .collect()
 }
 
 /// Unmounts what can be unmounted, remounts the rest read-only; returns how many stay busy.
