@@ -1,5 +1,7 @@
 //! VM boot tests: build the image once with `qemu/run --build-only`, boot copies of it under
-//! QEMU TCG with a timeout, and judge by the serial console.
+//! QEMU TCG with a timeout, and judge by the serial console. The `guest_*` tests share one
+//! boot whose services (on the state partition's overlay) exercise cgroup v2 limits, which
+//! only the guest has, and a kill inside the guest.
 //!
 //! Run: `cargo test -p ghost-tests --test vm`. Needs qemu-system-x86, ovmf, a kernel in /boot
 //! and the image tools; as root, qemu/run installs what is missing, otherwise a test that
@@ -44,6 +46,8 @@ fn missing_prerequisite() -> Option<String> {
         "mke2fs",
         "objcopy",
         "musl-gcc",
+        "debugfs",
+        "sgdisk",
     ] {
         if !on_path(tool) {
             return Some(format!(
@@ -127,43 +131,101 @@ fn disk_copy(image: &Path, dir: &Path) -> PathBuf {
     copy
 }
 
+/// One boot of a disk copy.
+struct Boot<'a> {
+    image: &'a Path,
+    disk: &'a Path,
+    /// Kernel + initramfs through QEMU's -kernel instead of OVMF and the UKI.
+    direct: bool,
+    append: &'a str,
+    log: &'a Path,
+    /// Typed on the serial console once the console shows the first string.
+    input: Option<(&'a str, &'a str)>,
+}
+
 /// Boots `disk` (with OVMF, or directly with `direct`) and returns the serial log.
 fn boot(image: &Path, disk: &Path, direct: bool, append: &str, log: &Path) -> String {
+    let spec = Boot {
+        image,
+        disk,
+        direct,
+        append,
+        log,
+        input: None,
+    };
+    try_boot(&spec).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// Boots as `b` says; `Err` holds qemu/run's output and the serial log when QEMU failed or
+/// ran into the timeout.
+fn try_boot(b: &Boot) -> Result<String, String> {
     let _one_at_a_time = boot_lock();
     let timeout = BOOT_TIMEOUT_S.to_string();
     let mut args = vec![
         "--no-build",
         "--out",
-        image.to_str().unwrap(),
+        b.image.to_str().unwrap(),
         "--disk",
-        disk.to_str().unwrap(),
-    ];
-    args.extend([
+        b.disk.to_str().unwrap(),
         "--timeout",
         &timeout,
         "--serial-log",
-        log.to_str().unwrap(),
+        b.log.to_str().unwrap(),
         "--append",
-        append,
-    ]);
-    if direct {
+        b.append,
+    ];
+    if b.direct {
         args.push("--direct");
     }
+    // qemu/run's own output goes to a file, so that nothing blocks on a full pipe while we
+    // watch the serial log.
+    let out_path = b.log.with_extension("qemu-run.txt");
+    let out = std::fs::File::create(&out_path).expect("qemu/run output file");
     let started = Instant::now();
-    let (status, output) = qemu_run(&args);
-    let serial = std::fs::read(log)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let mut child = Command::new(repo_root().join("qemu/run"))
+        .args(&args)
+        .stdin(if b.input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out)
+        .spawn()
+        .expect("qemu/run can be started");
+    if let Some((after, text)) = b.input {
+        let stdin = child.stdin.take();
+        // Input sent before the shell reads it could be eaten by the firmware or the kernel,
+        // so it waits for the console line; bounded by the boot timeout (qemu/run exits then).
+        while !serial_text(b.log).contains(after) && child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(mut stdin) = stdin {
+            let _ = std::io::Write::write_all(&mut stdin, text.as_bytes());
+        }
+    }
+    let status = child.wait().expect("qemu/run can be waited for");
+    let took = started.elapsed();
+    let serial = serial_text(b.log);
     eprintln!(
         "vm: {} boot took {:.1} s wall",
-        if direct { "direct" } else { "disk" },
-        started.elapsed().as_secs_f64()
+        if b.direct { "direct" } else { "disk" },
+        took.as_secs_f64()
     );
-    assert!(
-        status.success() && started.elapsed() < Duration::from_secs(BOOT_TIMEOUT_S),
-        "qemu/run {args:?} failed ({status}):\n{output}\n--- serial ---\n{serial}"
-    );
-    serial
+    if status.success() && took < Duration::from_secs(BOOT_TIMEOUT_S) {
+        return Ok(serial);
+    }
+    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    Err(format!(
+        "qemu/run {args:?} failed ({status}) after {:.1} s:\n{output}\n--- serial ---\n{serial}",
+        took.as_secs_f64()
+    ))
+}
+
+fn serial_text(log: &Path) -> String {
+    std::fs::read(log)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 /// The console lines ghost-init printed, in order.
@@ -272,8 +334,8 @@ fn state_partition_persists_across_boots() {
     assert_booted_and_powered_off(&second);
 }
 
-/// Reads `path` from the state partition of `disk` with debugfs (`None`: absent or no debugfs).
-fn state_file(disk: &Path, path: &str) -> Option<Vec<u8>> {
+/// `debugfs`'s name for the state partition (partition 2) of `disk`: `DISK?offset=BYTES`.
+fn state_partition(disk: &Path) -> Option<String> {
     let out = Command::new("sgdisk")
         .arg("--info=2")
         .arg(disk)
@@ -287,7 +349,12 @@ fn state_file(disk: &Path, path: &str) -> Option<Vec<u8>> {
         .next()?
         .parse()
         .ok()?;
-    let spec = format!("{}?offset={}", disk.display(), first * 512);
+    Some(format!("{}?offset={}", disk.display(), first * 512))
+}
+
+/// Reads `path` from the state partition of `disk` with debugfs (`None`: absent or no debugfs).
+fn state_file(disk: &Path, path: &str) -> Option<Vec<u8>> {
+    let spec = state_partition(disk)?;
     let stat = Command::new("debugfs")
         .arg("-R")
         .arg(format!("stat {path}"))
@@ -307,6 +374,42 @@ fn state_file(disk: &Path, path: &str) -> Option<Vec<u8>> {
         .output()
         .ok()?;
     Some(cat.stdout)
+}
+
+/// Puts `files` (path relative to the state partition's root, contents) on the state
+/// partition of `disk` with `debugfs -w`, creating their directories; no root, no mount.
+fn write_state_files(disk: &Path, files: &[(&str, &str)], scratch: &Path) {
+    let spec = state_partition(disk).expect("sgdisk finds the state partition");
+    let mut dirs: Vec<&str> = files
+        .iter()
+        .flat_map(|(path, _)| path.match_indices('/').map(move |(i, _)| &path[..i]))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let mut script: String = dirs.iter().map(|d| format!("mkdir {d}\n")).collect();
+    for (i, (path, text)) in files.iter().enumerate() {
+        let source = scratch.join(format!("state-file-{i}"));
+        std::fs::write(&source, text).unwrap();
+        script += &format!("write {} {path}\n", source.display());
+    }
+    let script_path = scratch.join("debugfs-commands");
+    std::fs::write(&script_path, script).unwrap();
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(&spec)
+        .output()
+        .expect("debugfs runs");
+    // debugfs exits 0 even when a command fails: read every file back instead.
+    for (path, text) in files {
+        assert_eq!(
+            state_file(disk, path).as_deref(),
+            Some(text.as_bytes()),
+            "debugfs did not write {path}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
@@ -333,4 +436,387 @@ fn two_builds_of_the_same_inputs_are_identical() {
             b.len()
         );
     }
+}
+
+#[test]
+fn image_carries_a_rescue_shell_and_ghostctl() {
+    let Some(image) = image() else { return };
+    let listing = Command::new("sh")
+        .arg("-c")
+        .arg("zstd -dc \"$1\" | cpio -itv --quiet")
+        .arg("sh")
+        .arg(image.join("initramfs.cpio.zst"))
+        .output()
+        .expect("zstd and cpio run");
+    assert!(listing.status.success(), "cannot list the initramfs");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let entry = |path: &str| {
+        listing
+            .lines()
+            .find(|l| {
+                l.split(" -> ")
+                    .next()
+                    .is_some_and(|l| l.ends_with(&format!(" {path}")))
+            })
+            .unwrap_or_else(|| panic!("no {path} in the initramfs:\n{listing}"))
+            .to_string()
+    };
+    // Static binaries: no loader or libc came with them.
+    assert!(
+        !listing.contains("ld-linux") && !listing.contains("libc.so"),
+        "shared libraries in the image, so something is not static:\n{listing}"
+    );
+    assert!(entry("usr/bin/busybox").starts_with("-rwxr-xr-x"));
+    assert!(entry("usr/bin/ghostctl").starts_with("-rwxr-xr-x"));
+    assert!(entry("bin").ends_with("bin -> usr/bin"));
+    for applet in ["sh", "ls", "cat", "ps", "mount", "sleep", "kill", "ip"] {
+        assert!(
+            entry(&format!("usr/bin/{applet}")).ends_with(" -> busybox"),
+            "{applet} is not a link to busybox"
+        );
+    }
+}
+
+/// Service files for the guest's cgroup boot, put on the state partition as the wizard's
+/// overlay (/var/lib/ghost/etc/services), so that they need no image of their own.
+const GUEST_SERVICES: &[(&str, &str)] = &[
+    // tail buffers an endless line, so it eats memory until the OOM killer stops it.
+    (
+        "etc/services/hog.toml",
+        "exec = [\"/bin/busybox\", \"tail\", \"/dev/zero\"]\nmemory_max = \"16M\"\nrestart = \"never\"\n",
+    ),
+    // The background sleep leaves the process group and the session: only the cgroup holds it.
+    (
+        "etc/services/escaper.toml",
+        "exec = [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox setsid /bin/busybox sleep 1000 & exec /bin/busybox sleep 1000\"]\nrestart = \"never\"\n",
+    ),
+    // Its fourth process is one too many.
+    (
+        "etc/services/forker.toml",
+        "exec = [\"/bin/busybox\", \"sh\", \"-c\", \"for i in 1 2 3 4 5 6 7 8; do /bin/busybox sleep 1000 & done; wait\"]\npids_max = 4\nrestart = \"never\"\n",
+    ),
+    (
+        "etc/services/spin.toml",
+        "exec = [\"/bin/busybox\", \"sh\", \"-c\", \"while :; do :; done\"]\ncpu_max = \"10%\"\nrestart = \"never\"\n",
+    ),
+    (
+        "etc/services/victim.toml",
+        "exec = [\"/bin/busybox\", \"sleep\", \"1001\"]\nrestart = \"always\"\n",
+    ),
+    (
+        "etc/services/conductor.toml",
+        "exec = [\"/bin/busybox\", \"sh\", \"/var/lib/ghost/conductor.sh\"]\nrestart = \"never\"\n",
+    ),
+    ("conductor.sh", CONDUCTOR),
+];
+
+/// Runs inside the guest: kills the victim once, waits until every limit has shown itself,
+/// reports what the cgroup files say, and powers off. Each wait is for a state that ghostctl
+/// or the kernel reports (polled every 50 ms); the host's boot timeout bounds them all.
+const CONDUCTOR: &str = r#"say() { echo "conductor: $*"; }
+# get NAME KEY: one field of `ghostctl --json status NAME`
+get() { ghostctl --json status "$1" | sed -n "s/.*\"$2\":\"\{0,1\}\([^\",]*\).*/\1/p"; }
+wait_for() { while ! "$@"; do sleep 0.05; done; }
+cg=/sys/fs/cgroup/ghost
+
+victim_up() { pid=$(get victim pid); [ -n "$pid" ] && [ "$(get victim state)" = running ]; }
+wait_for victim_up
+first=$pid
+kill -9 "$first"
+say "victim: killed pid $first"
+victim_back() { victim_up && [ "$pid" != "$first" ]; }
+wait_for victim_back
+say "victim: back as pid $pid"
+
+fetch_done() { [ -n "$(get fetch last_exit)" ]; }
+wait_for fetch_done
+say "fetch: $(get fetch last_exit)"
+
+hog_oom() { [ "$(get hog last_exit)" = oom ]; }
+wait_for hog_oom
+say "hog: last exit oom, memory.max $(cat $cg/hog/memory.max)"
+
+forker_done() { [ -n "$(get forker last_exit)" ]; }
+wait_for forker_done
+say "forker: pids.max $(cat $cg/forker/pids.max), pids.events $(cat $cg/forker/pids.events)"
+
+throttled() { n=$(sed -n 's/^nr_throttled //p' $cg/spin/cpu.stat); [ "${n:-0}" -gt 0 ]; }
+wait_for throttled
+say "spin: cpu.max $(cat $cg/spin/cpu.max), throttled $n times"
+
+escaped() { [ "$(wc -l < $cg/escaper/cgroup.procs)" -ge 2 ]; }
+wait_for escaped
+for p in $(cat $cg/escaper/cgroup.procs); do
+    set -- $(cat /proc/$p/stat)
+    say "escaper: pid $p process group $5 session $6"
+done
+say "done: powering off"
+exec ghostctl poweroff
+"#;
+
+/// One direct boot with `GUEST_SERVICES` (and `ghost.debug=1`, which echoes service output
+/// and start lines), shared by the guest tests; it ends when the conductor powers off.
+fn guest_boot() -> Option<&'static str> {
+    static SERIAL: OnceLock<Result<String, String>> = OnceLock::new();
+    let image = image()?;
+    let serial = SERIAL.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = disk_copy(image, dir.path());
+        // A file on the host's loopback, reached from the guest through QEMU user networking
+        // (10.0.2.2 is the host's 127.0.0.1), by a service that waits for the network target.
+        let (port, token) = serve_token_on_loopback();
+        let fetch = format!(
+            "exec = [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"-\", \"http://10.0.2.2:{port}/token\"]\nrequires = [\"network\"]\nrestart = \"never\"\n"
+        );
+        let mut files: Vec<(&str, &str)> = GUEST_SERVICES.to_vec();
+        files.push(("etc/services/fetch.toml", &fetch));
+        write_state_files(&disk, &files, dir.path());
+        GUEST_TOKEN.get_or_init(|| token);
+        let serial = try_boot(&Boot {
+            image,
+            disk: &disk,
+            direct: true,
+            append: "ghost.debug=1",
+            log: &dir.path().join("serial.log"),
+            input: None,
+        })?;
+        let lines = init_lines(&serial);
+        if !lines
+            .contains(&"ghost-init: cgroups: one cgroup v2 per service under /sys/fs/cgroup/ghost")
+        {
+            return Err(format!(
+                "the guest has no cgroups for its services:\n{serial}"
+            ));
+        }
+        Ok(serial)
+    });
+    match serial {
+        Ok(s) => Some(s),
+        Err(why) => panic!("the guest boot with cgroup services failed: {why}"),
+    }
+}
+
+static GUEST_TOKEN: OnceLock<String> = OnceLock::new();
+
+/// An HTTP server on 127.0.0.1 (a port of its own) that answers every request with a fresh
+/// random token, for as long as the test process lives; returns the port and the token.
+fn serve_token_on_loopback() -> (u16, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    let port = listener.local_addr().unwrap().port();
+    let mut bytes = [0u8; 8];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let body = format!("token-{token}\n");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut conn = conn;
+            let mut req = [0u8; 1024];
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = conn.read(&mut req);
+            let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        }
+    });
+    (port, format!("token-{token}"))
+}
+
+#[test]
+fn guest_network_by_dhcp_reaches_a_file_on_the_hosts_loopback() {
+    let Some(serial) = guest_boot() else { return };
+    let lines = init_lines(serial);
+    let network = first_starting_with(&lines, "ghost-init: network: ");
+    assert!(network.contains("10.0.2.15/24 via 10.0.2.2") && network.contains("(dhcp"), "{network}");
+    let token = GUEST_TOKEN.get().expect("the guest boot served a token");
+    let fetched = format!("ghost-init: fetch | {token}");
+    assert!(lines.contains(&fetched.as_str()), "the guest did not print the host's token `{token}`:\n{serial}");
+    // The fetch waited for the network target: its start comes after the address.
+    let at = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix));
+    assert!(at("ghost-init: network: ") < at("ghost-init: service fetch (pid"), "{serial}");
+    assert!(conductor_says(serial).contains(&"fetch: exit code 0"), "{serial}");
+}
+
+#[test]
+fn the_acpi_power_button_powers_off_cleanly() {
+    let Some(image) = image() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk_copy(image, dir.path());
+    // Ctrl-A c switches qemu/run's serial console to QEMU's monitor, which presses the button.
+    let serial = try_boot(&Boot {
+        image,
+        disk: &disk,
+        direct: true,
+        append: "",
+        log: &dir.path().join("serial.log"),
+        input: Some(("ghost-init: boot complete", "\u{1}csystem_powerdown\n")),
+    })
+    .unwrap_or_else(|why| panic!("{why}"));
+    let lines = init_lines(&serial);
+    assert!(lines.iter().any(|l| l.starts_with("ghost-init: power button: /dev/input/event")), "{serial}");
+    assert!(lines.contains(&"ghost-init: power button pressed"), "{serial}");
+    assert_booted_and_powered_off(&serial);
+}
+
+/// What the conductor reported, in order, without the console prefix.
+fn conductor_says(serial: &str) -> Vec<&str> {
+    init_lines(serial)
+        .into_iter()
+        .filter_map(|l| l.strip_prefix("ghost-init: conductor | conductor: "))
+        .collect()
+}
+
+/// The first of `lines` that starts with `prefix` (empty if none).
+fn first_starting_with<'a>(lines: &[&'a str], prefix: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|l| l.starts_with(prefix))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// The number after `prefix` in `line`, up to the next non-digit.
+fn number_after(line: &str, prefix: &str) -> Option<u64> {
+    let rest = &line[line.find(prefix)? + prefix.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[test]
+fn guest_memory_max_turns_into_an_oom_reported_as_oom() {
+    let Some(serial) = guest_boot() else { return };
+    let lines = init_lines(serial);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ghost-init: service hog (pid ")
+                && l.ends_with("): out of memory: killed by the OOM killer (signal 9)")),
+        "no OOM line for hog:\n{serial}"
+    );
+    let says = conductor_says(serial);
+    assert!(
+        says.contains(&"hog: last exit oom, memory.max 16777216"),
+        "ghostctl did not report hog's last exit as oom under a 16 MiB limit: {says:#?}\n{serial}"
+    );
+}
+
+#[test]
+fn guest_cgroup_kill_leaves_no_grandchild_behind() {
+    let Some(serial) = guest_boot() else { return };
+    let says = conductor_says(serial);
+    // Two processes in escaper's cgroup, in two process groups and sessions: stopping the
+    // main process's group would miss the grandchild.
+    let groups: Vec<(u64, u64)> = says
+        .iter()
+        .filter(|l| l.starts_with("escaper: pid "))
+        .filter_map(|l| {
+            Some((
+                number_after(l, "process group ")?,
+                number_after(l, "session ")?,
+            ))
+        })
+        .collect();
+    assert!(
+        groups.len() == 2 && groups[0].0 != groups[1].0 && groups[0].1 != groups[1].1,
+        "escaper's grandchild did not leave its process group and session: {says:#?}\n{serial}"
+    );
+    let lines = init_lines(serial);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ghost-init: service escaper (pid ")
+                && l.contains("): stopped (")),
+        "escaper was not stopped at power-off:\n{serial}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("left behind by services")),
+        "processes were left behind:\n{serial}"
+    );
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(
+        last.starts_with("ghost-init: powered off cleanly (")
+            && last.ends_with(" services stopped, 0 killed)"),
+        "power-off had to kill something: {last:?}\n{serial}"
+    );
+}
+
+#[test]
+fn guest_pids_max_and_cpu_max_are_enforced() {
+    let Some(serial) = guest_boot() else { return };
+    assert!(
+        init_lines(serial)
+            .iter()
+            .any(|l| l.starts_with("ghost-init: forker | ") && l.contains("can't fork")),
+        "forker's shell could fork past pids_max = 4:\n{serial}"
+    );
+    let says = conductor_says(serial);
+    let forker = first_starting_with(&says, "forker: ");
+    assert!(
+        forker.starts_with("forker: pids.max 4, pids.events max ")
+            && number_after(forker, "pids.events max ").is_some_and(|n| n > 0),
+        "pids.max was not 4 or never refused a fork: {forker:?}\n{serial}"
+    );
+    let spin = first_starting_with(&says, "spin: ");
+    assert!(
+        spin.starts_with("spin: cpu.max 10000 100000, throttled ")
+            && number_after(spin, "throttled ").is_some_and(|n| n > 0),
+        "cpu_max = 10% was not written as 10000/100000 or never throttled: {spin:?}\n{serial}"
+    );
+}
+
+#[test]
+fn guest_service_killed_inside_the_guest_comes_back() {
+    let Some(serial) = guest_boot() else { return };
+    let says = conductor_says(serial);
+    let killed = says
+        .iter()
+        .find_map(|l| number_after(l, "victim: killed pid "));
+    let back = says
+        .iter()
+        .find_map(|l| number_after(l, "victim: back as pid "));
+    let (Some(killed), Some(back)) = (killed, back) else {
+        panic!("the conductor did not kill the victim and see it back: {says:#?}\n{serial}");
+    };
+    assert_ne!(killed, back);
+    let lines = init_lines(serial);
+    let exited = format!("ghost-init: service victim (pid {killed}): exited: signal 9");
+    let started = format!("ghost-init: service victim (pid {back}): started");
+    let at = |want: &str| lines.iter().position(|l| *l == want);
+    assert!(
+        matches!((at(&exited), at(&started)), (Some(e), Some(s)) if e < s),
+        "ghost-init did not report `{exited}` and then `{started}`:\n{serial}"
+    );
+}
+
+#[test]
+fn rescue_shell_runs_commands_on_the_serial_console() {
+    let Some(image) = image() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk_copy(image, dir.path());
+    // The shell computes 42 (the echo of the typed line shows only the expression); SIGUSR2
+    // asks ghost-init to power off.
+    let serial = try_boot(&Boot {
+        image,
+        disk: &disk,
+        direct: true,
+        append: "ghost.emergency=1",
+        log: &dir.path().join("serial.log"),
+        input: Some((
+            "rescue console: /bin/sh started",
+            "echo rescue-$((6*7)); ghostctl --version\nkill -USR2 1\n",
+        )),
+    })
+    .unwrap_or_else(|why| panic!("{why}"));
+    let lines: Vec<&str> = serial.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert!(
+        lines.contains(&"rescue-42"),
+        "the rescue shell did not run the command:\n{serial}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("ghostctl ")),
+        "ghostctl did not run in the rescue shell:\n{serial}"
+    );
+    let last = init_lines(&serial).last().copied().unwrap_or_default();
+    assert!(
+        last.starts_with("ghost-init: powered off cleanly ("),
+        "the rescue boot did not power off cleanly: {last:?}\n{serial}"
+    );
 }

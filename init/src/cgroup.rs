@@ -75,6 +75,13 @@ impl Cgroups {
         true
     }
 
+    /// Whether the service's cgroup still holds a process (`populated 1` in cgroup.events);
+    /// false without cgroups.
+    pub fn populated(&self, name: &str) -> bool {
+        let Some(dir) = self.dir(name) else { return false };
+        std::fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|t| memory_event(&t, "populated") > 0)
+    }
+
     /// The `oom_kill` counter of memory.events.
     pub fn oom_kills(&self, name: &str) -> u64 {
         let Some(dir) = self.dir(name) else { return 0 };

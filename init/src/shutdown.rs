@@ -24,6 +24,14 @@ impl Init {
                 say!("service {}: did not stop in time; killed", svc.name);
             }
         }
+        // cgroup.kill is asynchronous: let the killed leave before counting what is left over.
+        let drained = Instant::now() + STRAGGLER_GRACE;
+        while Instant::now() < drained && self.supervisor.services.iter().any(|s| self.os.cgroups.populated(&s.name)) {
+            self.reactor.arm(Some((Instant::now() + Duration::from_millis(10)).min(drained)));
+            self.reactor.wait(|_| {});
+            while reactor::reap_one().is_some() {}
+            while self.reactor.next_signal().is_some() {}
+        }
         let stragglers = self.kill_stragglers();
         let stopped = self.supervisor.stopped_count;
         let killed = self.supervisor.killed_count + stragglers;
