@@ -232,7 +232,8 @@ fn serial_text(log: &Path) -> String {
 fn init_lines(serial: &str) -> Vec<&str> {
     serial
         .lines()
-        .map(|l| l.trim_end_matches('\r'))
+        // QEMU's monitor prompt can share a line with the guest's console (power button test).
+        .map(|l| l.trim_end_matches('\r').trim_start_matches("(qemu) "))
         .filter(|l| l.starts_with("ghost-init: "))
         .collect()
 }
@@ -647,12 +648,14 @@ fn the_acpi_power_button_powers_off_cleanly() {
         direct: true,
         append: "",
         log: &dir.path().join("serial.log"),
-        input: Some(("ghost-init: boot complete", "\u{1}csystem_powerdown\n")),
+        // The trailing Ctrl-A c switches back, so that what follows is the guest's console again.
+        input: Some(("ghost-init: boot complete", "\u{1}csystem_powerdown\n\u{1}c")),
     })
     .unwrap_or_else(|why| panic!("{why}"));
     let lines = init_lines(&serial);
     assert!(lines.iter().any(|l| l.starts_with("ghost-init: power button: /dev/input/event")), "{serial}");
-    assert!(lines.contains(&"ghost-init: power button pressed"), "{serial}");
+    // The monitor's `(qemu) ` prompt may share the console line with the guest's next line.
+    assert!(serial.contains("ghost-init: power button pressed"), "{serial}");
     assert_booted_and_powered_off(&serial);
 }
 
