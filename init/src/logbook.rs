@@ -98,7 +98,9 @@ impl Logbook {
                 },
             );
         }
-        let log = self.logs.get_mut(&id).expect("inserted above");
+        let Some(log) = self.logs.get_mut(&id) else {
+            return Err(std::io::Error::other("log pipes vanished"));
+        };
         log.max_size = spec.log_max_size.as_deref().and_then(parse_size).unwrap_or(DEFAULT_MAX_SIZE).max(1024);
         log.keep = spec.log_keep.unwrap_or(DEFAULT_KEEP);
         Ok(([log.write[0].as_raw_fd(), log.write[1].as_raw_fd()], new))
