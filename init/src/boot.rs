@@ -51,6 +51,10 @@ impl Init {
             self.step("console", |_| {
                 let r = sys::console_on_stdio("/dev/console").map_err(|e| format!("/dev/console: {e}"));
                 crate::log::replay_if_missed();
+                // A serial console is slow: PID 1 drops (and counts) lines rather than wait.
+                if r.is_ok() {
+                    crate::log::console_non_blocking();
+                }
                 r
             });
             // /proc exists now: read the real kernel command line.

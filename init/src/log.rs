@@ -15,9 +15,11 @@ struct Ring {
     wrapped: bool,
     /// Set when stderr could not be written (no console yet): lines are replayed later.
     console_missed: bool,
+    /// Lines the console could not take at once (non-blocking console): counted, said later.
+    console_dropped: u64,
 }
 
-static LOG: Mutex<Ring> = Mutex::new(Ring { buf: [0; RING], pos: 0, wrapped: false, console_missed: false });
+static LOG: Mutex<Ring> = Mutex::new(Ring { buf: [0; RING], pos: 0, wrapped: false, console_missed: false, console_dropped: 0 });
 
 /// A line buffer on the stack; text beyond its size is cut with an ellipsis.
 struct LineBuf {
@@ -52,11 +54,19 @@ pub fn line(args: fmt::Arguments) {
     l.buf[l.len] = b'\n';
     l.len += 1;
     let bytes = &l.buf[..l.len];
-    let ok = write_all(2, bytes);
     // A poisoned lock only means a panic happened while logging; the ring is still bytes.
     let mut ring = LOG.lock().unwrap_or_else(|p| p.into_inner());
-    if !ok {
-        ring.console_missed = true;
+    if ring.console_dropped > 0 {
+        let mut note = LineBuf { buf: [0; LINE], len: 0, cut: false };
+        let _ = write!(note, "ghost-init: ({} console lines dropped: the console was busy; `log` in the rescue console has them)\n", ring.console_dropped);
+        if let Written::All = write_console(&note.buf[..note.len]) {
+            ring.console_dropped = 0;
+        }
+    }
+    match write_console(bytes) {
+        Written::All => {}
+        Written::WouldBlock => ring.console_dropped += 1,
+        Written::Failed => ring.console_missed = true,
     }
     for &b in bytes {
         let p = ring.pos;
@@ -68,15 +78,50 @@ pub fn line(args: fmt::Arguments) {
     }
 }
 
-fn write_all(fd: i32, mut bytes: &[u8]) -> bool {
+enum Written {
+    All,
+    /// The console is non-blocking and full: the line is not on the console (it is in the ring).
+    WouldBlock,
+    Failed,
+}
+
+/// Writes a whole line to the console, or nothing of it when the console cannot take it now
+/// (a partial line is finished with a blocking-free best effort).
+fn write_console(bytes: &[u8]) -> Written {
+    // SAFETY: writing from a valid slice to fd 2.
+    let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+    if n < 0 {
+        return match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => Written::WouldBlock,
+            _ => Written::Failed,
+        };
+    }
+    let n = n as usize;
+    if n < bytes.len() && !write_all(2, &bytes[n..], 100) {
+        return Written::Failed;
+    }
+    Written::All
+}
+
+/// Writes all of `bytes`, waiting up to `patience_ms` at a time for a full descriptor to make
+/// room; false when it made no progress for that long or failed.
+pub fn write_all(fd: i32, mut bytes: &[u8], patience_ms: i32) -> bool {
     while !bytes.is_empty() {
         // SAFETY: writing from a valid slice to a file descriptor; a bad fd only returns EBADF.
         let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
         if n < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => {
+                    let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                    // SAFETY: poll on one valid pollfd, bounded by the caller's patience.
+                    if unsafe { libc::poll(&mut p, 1, patience_ms) } <= 0 {
+                        return false;
+                    }
+                    continue;
+                }
+                _ => return false,
             }
-            return false;
         }
         if n == 0 {
             return false;
@@ -97,6 +142,17 @@ pub fn contents() -> Vec<u8> {
     out
 }
 
+/// As PID 1 (the console is our own open file): never block on it again.
+pub fn console_non_blocking() {
+    // SAFETY: fcntl flag changes on fd 2 (and 0, 1, which share its open file description).
+    unsafe {
+        let fl = libc::fcntl(2, libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(2, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
+}
+
 /// Once the console exists: prints what could not be printed before it did.
 pub fn replay_if_missed() {
     let missed = {
@@ -105,7 +161,7 @@ pub fn replay_if_missed() {
     };
     if missed {
         let text = contents();
-        write_all(2, &text);
+        write_all(2, &text, 100);
     }
 }
 

@@ -2,7 +2,6 @@
 //! that needs nothing from the image: show the boot log, list mounts and processes, continue
 //! boot, reboot, power off. It reads stdin through the event loop, so reaping goes on.
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::init::{Init, Phase};
@@ -67,10 +66,10 @@ pub fn parse(line: &str) -> Command {
     }
 }
 
+/// The prompt's answers: the operator asked for them, so they wait for a slow console (the
+/// console is non-blocking for PID 1's own lines) up to 5 s without progress.
 fn out(text: &str) {
-    let mut o = std::io::stdout().lock();
-    let _ = o.write_all(text.as_bytes());
-    let _ = o.flush();
+    crate::log::write_all(1, text.as_bytes(), 5000);
 }
 
 impl Init {
