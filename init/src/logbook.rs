@@ -22,8 +22,12 @@ use crate::service_file::{parse_size, ServiceFile};
 pub const READ_BUDGET: usize = 16 * 1024;
 /// A line longer than this is cut into pieces of this size.
 pub const MAX_LINE: usize = 4096;
-/// Lines kept in memory per service.
+/// Lines kept in memory per service, and their bytes at most: PID 1's memory stays bounded
+/// however long a service's lines are.
 pub const RING_LINES: usize = 2000;
+pub const RING_BYTES: usize = 256 * 1024;
+/// The most text one `logs` answer carries (older lines are left out).
+pub const TAIL_BYTES: usize = 512 * 1024;
 const DEFAULT_MAX_SIZE: u64 = 1 << 20;
 const DEFAULT_KEEP: u32 = 3;
 
@@ -36,6 +40,7 @@ struct ServiceLog {
     write: [OwnedFd; 2],
     partial: [Vec<u8>; 2],
     ring: VecDeque<LogLine>,
+    ring_bytes: usize,
     file: Option<File>,
     file_size: u64,
     max_size: u64,
@@ -90,6 +95,7 @@ impl Logbook {
                     write: [w1, w2],
                     partial: [Vec::new(), Vec::new()],
                     ring: VecDeque::new(),
+                    ring_bytes: 0,
                     file: None,
                     file_size: 0,
                     max_size: DEFAULT_MAX_SIZE,
@@ -157,7 +163,12 @@ impl Logbook {
             .collect();
         // Oldest first; the sort is stable, so lines of one service keep their order.
         lines.sort_by_key(|l| l.ts_ms);
-        let skip = lines.len().saturating_sub(n);
+        let mut skip = lines.len().saturating_sub(n);
+        let mut bytes: usize = lines[skip..].iter().map(|l| l.text.len()).sum();
+        while bytes > TAIL_BYTES && skip < lines.len() {
+            bytes -= lines[skip].text.len();
+            skip += 1;
+        }
         lines.split_off(skip)
     }
 
@@ -172,10 +183,14 @@ impl ServiceLog {
     /// with one write per file: a flood costs PID 1 a few syscalls per wake-up, not one per line.
     fn record(&mut self, dir: &Path, lines: &[LogLine]) {
         for line in lines {
+            self.ring_bytes += line.text.len();
             self.ring.push_back(line.clone());
         }
-        while self.ring.len() > RING_LINES {
-            self.ring.pop_front();
+        while self.ring.len() > RING_LINES || self.ring_bytes > RING_BYTES {
+            match self.ring.pop_front() {
+                Some(old) => self.ring_bytes -= old.text.len(),
+                None => break,
+            }
         }
         let stamp = rfc3339_ms(lines[0].ts_ms);
         let mut chunk = String::with_capacity(lines.iter().map(|l| l.text.len() + 32).sum());
@@ -311,6 +326,24 @@ mod tests {
         assert!(std::fs::metadata(d.path().join("svc.log")).unwrap().len() <= 1024);
         let newest = std::fs::read_to_string(d.path().join("svc.log")).unwrap();
         assert!(newest.contains("line 099"), "{newest}");
+    }
+
+    #[test]
+    fn memory_is_bounded_by_bytes_and_answers_too() {
+        let d = tempfile::tempdir().unwrap();
+        let mut book = Logbook::new(d.path().to_path_buf());
+        let spec = ServiceFile::parse("exec = [\"/bin/true\"]", "t").unwrap();
+        let ([out, _], _) = book.writers(3, "big", &spec).unwrap();
+        let line = format!("{}\n", "z".repeat(MAX_LINE - 1));
+        for _ in 0..200 {
+            let _ = unsafe { libc::write(out, line.as_ptr().cast(), line.len()) };
+            while !book.read(3, 0, 0).is_empty() {}
+        }
+        let log = &book.logs[&3];
+        assert!(log.ring_bytes <= RING_BYTES && log.ring.len() == RING_BYTES / (MAX_LINE - 1), "{} lines, {} bytes", log.ring.len(), log.ring_bytes);
+        let tail = book.tail(Some("big"), 10_000);
+        assert!(tail.iter().map(|l| l.text.len()).sum::<usize>() <= TAIL_BYTES);
+        assert_eq!(tail.last().unwrap().text.len(), MAX_LINE - 1, "the newest lines are the ones kept");
     }
 
     #[test]
