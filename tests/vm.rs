@@ -659,6 +659,28 @@ fn the_acpi_power_button_powers_off_cleanly() {
     assert_booted_and_powered_off(&serial);
 }
 
+#[test]
+fn ctrl_alt_del_reboots_cleanly() {
+    let Some(image) = image() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk_copy(image, dir.path());
+    // PID 1 turned Ctrl-Alt-Del over to itself (SIGINT); QEMU runs with -no-reboot, so the
+    // guest's reboot ends it.
+    let serial = try_boot(&Boot {
+        image,
+        disk: &disk,
+        direct: true,
+        append: "",
+        log: &dir.path().join("serial.log"),
+        input: Some(("ghost-init: boot complete", "\u{1}csendkey ctrl-alt-delete\n\u{1}c")),
+    })
+    .unwrap_or_else(|why| panic!("{why}"));
+    let lines = init_lines(&serial);
+    assert!(serial.contains("ghost-init: reboot requested: stopping"), "{serial}");
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(last.starts_with("ghost-init: rebooting cleanly (") && last.ends_with(" killed)"), "last line {last:?}\n{serial}");
+}
+
 /// What the conductor reported, in order, without the console prefix.
 fn conductor_says(serial: &str) -> Vec<&str> {
     init_lines(serial)

@@ -1,0 +1,38 @@
+//! The files of DESIGN.md section 3, under `GHOST_ROOT` (default `/`) so the whole userland
+//! runs hosted, as `--root` does for ghost-init.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct GhostRoot(PathBuf);
+
+impl GhostRoot {
+    pub fn from_env() -> GhostRoot {
+        GhostRoot(std::env::var_os("GHOST_ROOT").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/")))
+    }
+
+    /// `abs` (a path of the running system, e.g. `/etc/ghost/model.toml`) under the root.
+    pub fn path(&self, abs: &str) -> PathBuf {
+        self.0.join(Path::new(abs).strip_prefix("/").unwrap_or(Path::new(abs)))
+    }
+
+    pub fn model_toml(&self) -> PathBuf {
+        self.path("/etc/ghost/model.toml")
+    }
+
+    pub fn models_dir(&self) -> PathBuf {
+        self.path("/var/lib/ghost/models")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_live_under_the_root() {
+        let r = GhostRoot(PathBuf::from("/tmp/r"));
+        assert_eq!(r.models_dir(), Path::new("/tmp/r/var/lib/ghost/models"));
+        assert_eq!(GhostRoot(PathBuf::from("/")).model_toml(), Path::new("/etc/ghost/model.toml"));
+    }
+}
