@@ -636,22 +636,28 @@ fn guest_network_by_dhcp_reaches_a_file_on_the_hosts_loopback() {
     assert!(conductor_says(serial).contains(&"fetch: exit code 0"), "{serial}");
 }
 
-#[test]
-fn the_acpi_power_button_powers_off_cleanly() {
-    let Some(image) = image() else { return };
+/// A direct boot in which, once `boot complete` shows, `command` is typed into QEMU's monitor
+/// (Ctrl-A c switches qemu/run's console to it and back); returns the serial log.
+fn boot_and_tell_qemu(command: &str) -> Option<String> {
+    let image = image()?;
     let dir = tempfile::tempdir().unwrap();
     let disk = disk_copy(image, dir.path());
-    // Ctrl-A c switches qemu/run's serial console to QEMU's monitor, which presses the button.
+    let input = format!("\u{1}c{command}\n\u{1}c");
     let serial = try_boot(&Boot {
         image,
         disk: &disk,
         direct: true,
         append: "",
         log: &dir.path().join("serial.log"),
-        // The trailing Ctrl-A c switches back, so that what follows is the guest's console again.
-        input: Some(("ghost-init: boot complete", "\u{1}csystem_powerdown\n\u{1}c")),
+        input: Some(("ghost-init: boot complete", &input)),
     })
     .unwrap_or_else(|why| panic!("{why}"));
+    Some(serial)
+}
+
+#[test]
+fn the_acpi_power_button_powers_off_cleanly() {
+    let Some(serial) = boot_and_tell_qemu("system_powerdown") else { return };
     let lines = init_lines(&serial);
     assert!(lines.iter().any(|l| l.starts_with("ghost-init: power button: /dev/input/event")), "{serial}");
     // The monitor's `(qemu) ` prompt may share the console line with the guest's next line.
@@ -661,20 +667,9 @@ fn the_acpi_power_button_powers_off_cleanly() {
 
 #[test]
 fn ctrl_alt_del_reboots_cleanly() {
-    let Some(image) = image() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let disk = disk_copy(image, dir.path());
     // PID 1 turned Ctrl-Alt-Del over to itself (SIGINT); QEMU runs with -no-reboot, so the
     // guest's reboot ends it.
-    let serial = try_boot(&Boot {
-        image,
-        disk: &disk,
-        direct: true,
-        append: "",
-        log: &dir.path().join("serial.log"),
-        input: Some(("ghost-init: boot complete", "\u{1}csendkey ctrl-alt-delete\n\u{1}c")),
-    })
-    .unwrap_or_else(|why| panic!("{why}"));
+    let Some(serial) = boot_and_tell_qemu("sendkey ctrl-alt-delete") else { return };
     let lines = init_lines(&serial);
     assert!(serial.contains("ghost-init: reboot requested: stopping"), "{serial}");
     let last = lines.last().copied().unwrap_or_default();
