@@ -16,13 +16,11 @@ pub fn workspace_root() -> PathBuf {
 
 /// A built binary of the workspace; fails loudly (not a skip) when it has not been built.
 pub fn bin(name: &str) -> PathBuf {
-    let candidates: Vec<PathBuf> = match std::env::var_os("GHOST_BIN_DIR") {
-        Some(dir) => vec![PathBuf::from(dir).join(name)],
-        None => {
-            let t = workspace_root().join("target");
-            vec![t.join("x86_64-unknown-linux-musl/debug").join(name), t.join("debug").join(name)]
-        }
-    };
+    // The static musl build first (what the image ships), then the host build: `ghost` (with
+    // Candle) is built for the host only, to keep the suite's build time down.
+    let t = workspace_root().join("target");
+    let mut candidates: Vec<PathBuf> = std::env::var_os("GHOST_BIN_DIR").map(|d| PathBuf::from(d).join(name)).into_iter().collect();
+    candidates.extend([t.join("x86_64-unknown-linux-musl/debug").join(name), t.join("debug").join(name)]);
     candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
         panic!("{name} is not built (looked at {candidates:?}); run tests/run, or `cargo build -p {name}` first")
     })
