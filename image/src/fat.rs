@@ -123,18 +123,7 @@ mod tests {
             "two ESPs from the same inputs differ"
         );
 
-        let back = dir.path().join("back.efi");
-        let out = mtools("mcopy", &a, 0)
-            .arg(BOOT_PATH)
-            .arg(&back)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(std::fs::read(&back).unwrap(), b"MZ pretend uki");
+        assert_eq!(copy_out_uki(&a, &dir.path().join("back.efi")), b"MZ pretend uki");
         let info = Command::new("minfo")
             .env("MTOOLS_SKIP_CHECK", "1")
             .arg("-i")
@@ -171,18 +160,14 @@ mod tests {
         std::fs::write(&img, disk).unwrap();
         std::fs::write(&uki, b"second, longer").unwrap();
         replace_uki(&img, 1 << 20, &uki, 0).unwrap();
-        let back = dir.path().join("back");
         let target = format!("{}@@{}", img.display(), 1 << 20);
-        let out = mtools("mcopy", Path::new(&target), 0)
-            .arg(BOOT_PATH)
-            .arg(&back)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(std::fs::read(&back).unwrap(), b"second, longer");
+        assert_eq!(copy_out_uki(Path::new(&target), &dir.path().join("back")), b"second, longer");
+    }
+
+    /// Reads EFI/BOOT/BOOTX64.EFI back out of an ESP image (`FILE` or `FILE@@OFFSET`) with mtools.
+    fn copy_out_uki(image: &Path, to: &Path) -> Vec<u8> {
+        let out = mtools("mcopy", image, 0).arg(BOOT_PATH).arg(to).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read(to).unwrap()
     }
 }
