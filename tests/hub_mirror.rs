@@ -136,6 +136,11 @@ fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, FileInfo>) {
 impl Mirror {
     /// Serves each `(repo id, directory, commit)`; `main` resolves to that commit.
     pub fn start(repos: &[(&str, &Path, &str)]) -> Mirror {
+        Mirror::start_on("127.0.0.1:0", repos)
+    }
+
+    /// As [`start`](Self::start), on a chosen address (a hub that comes up late).
+    pub fn start_on(addr: &str, repos: &[(&str, &Path, &str)]) -> Mirror {
         let repos = repos
             .iter()
             .map(|(id, dir, commit)| {
@@ -144,7 +149,7 @@ impl Mirror {
                 Repo { id: id.to_string(), commit: commit.to_string(), known: vec![commit.to_string()], files }
             })
             .collect();
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind mirror");
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind mirror on {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State { repos, faults: Vec::new(), log: Vec::new() }));
         let stop = Arc::new(AtomicBool::new(false));

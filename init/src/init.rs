@@ -63,7 +63,13 @@ pub struct Init {
     pub ready_buf: Vec<reactor::Ready>,
     /// DHCP on the configured interface, when the network step uses it (network/mod.rs).
     pub network: Option<crate::network::Dhcp>,
+    /// When a service's status line was last printed on the console: progress (a model
+    /// download) is shown there at most every [`STATUS_EVERY`], and as events always.
+    pub status_said: Option<Instant>,
 }
+
+/// How often a service's status line may reach the console.
+pub const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// Extra time, past the last service's stop timeout, that shutdown waits for stragglers.
 pub const STRAGGLER_GRACE: Duration = Duration::from_secs(2);
@@ -92,6 +98,7 @@ impl Init {
             ready_buf: Vec::with_capacity(reactor::MAX_EVENTS),
             power_buttons: Default::default(),
             network: None,
+            status_said: None,
         };
         init.set_cmdline(cmdline);
         init
@@ -430,8 +437,15 @@ impl Init {
         }
     }
 
-    fn say_note(&self, n: &Note) {
+    fn say_note(&mut self, n: &Note) {
         use proto::EventKind as K;
+        if n.kind == K::Status {
+            let now = Instant::now();
+            if self.status_said.is_some_and(|t| now.duration_since(t) < STATUS_EVERY) && !self.cmdline.debug {
+                return;
+            }
+            self.status_said = Some(now);
+        }
         let quiet = matches!(n.kind, K::Starting | K::Ready | K::Stopping | K::Stopped) && !self.cmdline.debug;
         if quiet && !(n.kind == K::Stopping && n.detail.contains("killed")) {
             return;
@@ -447,6 +461,7 @@ impl Init {
             K::Healthy => "healthy again".into(),
             K::Oom => format!("out of memory: {}", n.detail),
             K::WatchdogTimeout => format!("watchdog: {}", n.detail),
+            K::Status => n.detail.clone(),
             K::Stopping => format!("stopping: {}", n.detail),
             K::Stopped => format!("stopped ({})", n.detail),
             K::Reloaded => format!("reload: {}", n.detail),

@@ -571,7 +571,15 @@ impl Supervisor {
             let svc = &mut self.services[i];
             match k {
                 "READY" if v == "1" && svc.spec.ready == "notify" => self.became_ready(i, now, notes),
-                "STATUS" => svc.status_text = Some(v.chars().take(200).collect()),
+                "STATUS" => {
+                    // A changed status is an event too (download progress on the console);
+                    // the service decides how often it speaks, the event ring bounds the cost.
+                    let text: String = v.chars().take(200).collect();
+                    if svc.status_text.as_deref() != Some(text.as_str()) {
+                        notes.push(note(proto::EventKind::Status, svc, svc.state.pid(), &text));
+                        svc.status_text = Some(text);
+                    }
+                }
                 "WATCHDOG" if v == "1" && svc.spec.watchdog_s > 0 => {
                     svc.watchdog_deadline = Some(now + Duration::from_secs(svc.spec.watchdog_s));
                 }

@@ -7,3 +7,5 @@ pub mod embed;
 pub mod hub;
 pub mod fixture;
 pub mod generate;
+pub mod router;
+pub mod serve;

@@ -167,6 +167,8 @@ pub enum EventKind {
     /// Killed by the kernel's OOM killer in its cgroup.
     Oom,
     WatchdogTimeout,
+    /// The service's own status line changed (sd_notify `STATUS=`): progress of long work.
+    Status,
     Stopping,
     Stopped,
     /// Left out at load or reload (bad file, unknown requirement, cycle).

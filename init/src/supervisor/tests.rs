@@ -119,6 +119,19 @@ fn requirements_start_first_and_builtin_network_gates() {
 }
 
 #[test]
+fn a_changed_status_line_is_an_event_and_a_repeated_one_is_not() {
+    let mut w = World::new(&[("model", "ready = \"notify\"")]);
+    w.boot();
+    let i = w.sup.index_of("model").unwrap();
+    for msg in ["STATUS=downloading 10%", "STATUS=downloading 10%", "STATUS=downloading 55%"] {
+        w.sup.notify(i, msg, &mut w.os, w.now, &mut w.notes);
+    }
+    let status: Vec<&str> = w.notes.iter().filter(|n| n.kind == proto::EventKind::Status).map(|n| n.detail.as_str()).collect();
+    assert_eq!(status, ["downloading 10%", "downloading 55%"]);
+    assert_eq!(w.svc("model").status_text.as_deref(), Some("downloading 55%"));
+}
+
+#[test]
 fn crash_restarts_immediately_then_backs_off_then_crash_loop_and_a_healthy_run_resets() {
     let mut w = World::new(&[("svc", "restart_delay_ms = 100\nrestart_max_delay_ms = 350\nrestart_reset_s = 10")]);
     w.boot();

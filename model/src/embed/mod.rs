@@ -122,6 +122,20 @@ impl Embedder {
     }
 
     /// The vector of a single text.
+    /// Tokens the texts take (after truncation, special tokens included): the `usage` of an
+    /// embeddings request.
+    pub fn count_tokens<S: AsRef<str>>(&self, texts: &[S]) -> Result<usize, EmbedError> {
+        let mut total = 0;
+        for t in texts {
+            let enc = self
+                .tokenizer
+                .encode(t.as_ref(), true)
+                .map_err(|e| EmbedError::Tokenize(e.to_string()))?;
+            total += enc.get_attention_mask().iter().filter(|&&m| m == 1).count();
+        }
+        Ok(total)
+    }
+
     pub fn embed_one(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
         Ok(self.embed(&[text])?.pop().unwrap_or_default())
     }

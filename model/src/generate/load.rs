@@ -280,6 +280,11 @@ fn load_safetensors(dir: &Path, paths: &[PathBuf]) -> Result<LoadedWeights, Gene
             let cfg: llama::LlamaConfig =
                 serde_json::from_value(config.clone()).map_err(bad_config)?;
             let cfg = cfg.into_config(false);
+            let head_dim = config.get("head_dim").and_then(|v| v.as_u64());
+            check_llama_head_dim(&cfg, head_dim).map_err(|reason| GenerateError::BadConfig {
+                path: config_path.clone(),
+                reason,
+            })?;
             let model = llama::Llama::load(vb, &cfg).map_err(bad_weights)?;
             let cache =
                 llama::Cache::new(true, DType::F32, &cfg, &Device::Cpu).map_err(bad_weights)?;
@@ -312,7 +317,7 @@ fn load_gguf(_dir: &Path, path: &Path) -> Result<LoadedWeights, GenerateError> {
     };
     let file = File::open(path).map_err(|e| GenerateError::io(path, e))?;
     let mut reader = BufReader::new(file);
-    let content = gguf_file::Content::read(&mut reader).map_err(|e| corrupt(e.to_string()))?;
+    let mut content = gguf_file::Content::read(&mut reader).map_err(|e| corrupt(e.to_string()))?;
     let file_len = reader
         .seek(std::io::SeekFrom::End(0))
         .map_err(|e| GenerateError::io(path, e))?;
@@ -325,9 +330,32 @@ fn load_gguf(_dir: &Path, path: &Path) -> Result<LoadedWeights, GenerateError> {
     let architecture = Architecture::from_gguf_name(&arch_name, path)?;
     let prefix = architecture.gguf_name();
     let meta_u32 = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
-    let context_length = meta_u32(&format!("{prefix}.context_length"))
+    let mut context_length = meta_u32(&format!("{prefix}.context_length"))
         .ok_or_else(|| corrupt(format!("no `{prefix}.context_length` in the metadata")))?
         as usize;
+    if architecture == Architecture::Llama {
+        // Candle's quantized Llama reads head_dim as embedding_length / head_count and has
+        // rotary tables for MAX_SEQ_LEN (4096) positions, whatever the file says: refuse what it
+        // would run wrongly, and stop at its last position (SmolLM2 declares 8192) instead of
+        // failing in the middle of a generation.
+        let (embd, heads) = (
+            meta_u32("llama.embedding_length").unwrap_or(0),
+            meta_u32("llama.attention.head_count").unwrap_or(0),
+        );
+        if let Some(key_length) = meta_u32("llama.attention.key_length") {
+            if heads == 0 || key_length * heads != embd {
+                return Err(GenerateError::BadConfig {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "llama.attention.key_length {key_length} × {heads} heads is not \
+                         embedding_length {embd}; Candle's Llama runs only heads of \
+                         embedding_length / head_count"
+                    ),
+                });
+            }
+        }
+        context_length = context_length.min(quantized_llama::MAX_SEQ_LEN);
+    }
     let eos_token_ids = meta_u32("tokenizer.ggml.eos_token_id")
         .into_iter()
         .collect();
@@ -344,6 +372,15 @@ fn load_gguf(_dir: &Path, path: &Path) -> Result<LoadedWeights, GenerateError> {
                 .map(Backend::QuantizedQwen2)
         }
         Architecture::Qwen3 => {
+            // Candle's quantized Qwen3 builds its rotary tables in the type named by
+            // `general.dtype` (a Candle-only key that llama.cpp's files lack) and falls back to
+            // f16: positions above 2048 then round to even numbers (above 4096 to multiples of
+            // 4, …) and the angles to f16, so long prompts drift from the f32 model. The CPU
+            // runs activations in f32 anyway; only the tables depend on this key.
+            content
+                .metadata
+                .entry("general.dtype".to_string())
+                .or_insert(gguf_file::Value::U32(0));
             quantized_qwen3::ModelWeights::from_gguf(content, &mut reader, &device)
                 .map(Backend::QuantizedQwen3)
         }
@@ -362,6 +399,19 @@ fn load_gguf(_dir: &Path, path: &Path) -> Result<LoadedWeights, GenerateError> {
         eos_token_ids,
         gguf_chat_template,
     })
+}
+
+/// Candle's Llama computes head_dim as hidden_size / num_attention_heads; a config that names
+/// another `head_dim` would load and produce garbage, so it is refused by name.
+fn check_llama_head_dim(cfg: &llama::Config, head_dim: Option<u64>) -> Result<(), String> {
+    match head_dim {
+        Some(d) if d as usize * cfg.num_attention_heads != cfg.hidden_size => Err(format!(
+            "head_dim {d} × {} heads is not hidden_size {}; Candle's Llama runs only heads of \
+             hidden_size / num_attention_heads",
+            cfg.num_attention_heads, cfg.hidden_size
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a GGUF whose tensor data would run past the end of the file (a truncated download),

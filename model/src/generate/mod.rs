@@ -199,6 +199,18 @@ pub struct Generator {
 impl Generator {
     /// Loads a model from `path`: a model directory, or a .gguf/.safetensors file inside one.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self, GenerateError> {
+        Self::load_with_tokenizer(path, None, opts)
+    }
+
+    /// As [`load`](Self::load), with tokenizer.json and tokenizer_config.json read from
+    /// `tokenizer_dir` instead of beside the weights: a GGUF repository on the hub
+    /// (Qwen/Qwen2.5-0.5B-Instruct-GGUF) carries no tokenizer, so model.toml pairs it with
+    /// the tokenizer files of the original repository.
+    pub fn load_with_tokenizer(
+        path: &Path,
+        tokenizer_dir: Option<&Path>,
+        opts: &LoadOptions,
+    ) -> Result<Self, GenerateError> {
         let (dir, explicit) = if path.is_file() {
             (
                 path.parent().unwrap_or(Path::new(".")).to_path_buf(),
@@ -209,7 +221,8 @@ impl Generator {
         } else {
             return Err(GenerateError::io(path, "no such file or directory"));
         };
-        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer_dir = tokenizer_dir.unwrap_or(&dir);
+        let tokenizer_path = tokenizer_dir.join("tokenizer.json");
         if !tokenizer_path.is_file() {
             return Err(GenerateError::MissingTokenizer {
                 path: tokenizer_path,
@@ -220,7 +233,7 @@ impl Generator {
                 path: tokenizer_path.clone(),
                 reason: e.to_string(),
             })?;
-        let tokenizer_config = TokenizerConfig::read(&dir.join("tokenizer_config.json"))?;
+        let tokenizer_config = TokenizerConfig::read(&tokenizer_dir.join("tokenizer_config.json"))?;
 
         let files = load::find_weights(&dir, explicit.as_deref())?;
         let threads = if opts.threads == 0 {
@@ -239,6 +252,7 @@ impl Generator {
             })?;
         let loaded = pool.install(|| load::load(&dir, files))?;
 
+        let primary_eos = loaded.eos_token_ids.first().copied();
         let mut eos_token_ids = loaded.eos_token_ids;
         for token in tokenizer_config.eos_token.iter() {
             eos_token_ids.extend(tokenizer.token_to_id(token));
@@ -248,11 +262,14 @@ impl Generator {
 
         let template_source = tokenizer_config.chat_template.or(loaded.gguf_chat_template);
         let template = match template_source {
-            Some(source) => Some(ChatTemplate::new(
-                &source,
-                tokenizer_config.bos_token.as_deref().unwrap_or(""),
-                tokenizer_config.eos_token.as_deref().unwrap_or(""),
-            )?),
+            Some(source) => {
+                // A GGUF-only directory has no tokenizer_config.json: take the end token's text
+                // from the id the weights declare, so templates that write it (TinyLlama's
+                // `</s>`) still do.
+                let eos = tokenizer_config.eos_token.clone().or_else(|| primary_eos.and_then(|id| tokenizer.id_to_token(id)));
+                let bos = tokenizer_config.bos_token.as_deref().unwrap_or("");
+                Some(ChatTemplate::new(&source, bos, eos.as_deref().unwrap_or(""))?)
+            }
             None => None,
         };
         Ok(Generator {

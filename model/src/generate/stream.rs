@@ -30,11 +30,17 @@ impl TextStream {
     /// Adds a token; returns the new text it completes (possibly empty).
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, String> {
         self.ids.push(id);
+        // SentencePiece's byte fallback (`<0xE2>`) decodes a run of byte tokens as a whole, and
+        // an invalid run as one U+FFFD per token: hold a run until a non-byte token ends it, so
+        // that a window never starts inside one.
+        if is_byte_fallback_token(tokenizer, id) {
+            return Ok(String::new());
+        }
         let prefix = decode(tokenizer, &self.ids[self.prefix_offset..self.read_offset])?;
         let text = decode(tokenizer, &self.ids[self.prefix_offset..])?;
         if text.len() > prefix.len()
             && !text.ends_with('\u{FFFD}')
-            && text.is_char_boundary(prefix.len())
+            && text.starts_with(&prefix)
         {
             let piece = text[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
@@ -63,6 +69,12 @@ impl Default for TextStream {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn is_byte_fallback_token(tokenizer: &Tokenizer, id: u32) -> bool {
+    tokenizer.id_to_token(id).is_some_and(|t| {
+        t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') && t.as_bytes()[3..5].iter().all(u8::is_ascii_hexdigit)
+    })
 }
 
 fn decode(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String, String> {

@@ -23,6 +23,20 @@ impl GhostRoot {
     pub fn models_dir(&self) -> PathBuf {
         self.path("/var/lib/ghost/models")
     }
+
+    /// The intelligence router's budget ledger and call log.
+    pub fn router_dir(&self) -> PathBuf {
+        self.path("/var/lib/ghost/router")
+    }
+
+    /// A path of the running system (from a configuration file) under the root; a relative
+    /// path is left as it is.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        match p.strip_prefix("/") {
+            Ok(rel) => self.0.join(rel),
+            Err(_) => p.to_path_buf(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -34,5 +48,8 @@ mod tests {
         let r = GhostRoot(PathBuf::from("/tmp/r"));
         assert_eq!(r.models_dir(), Path::new("/tmp/r/var/lib/ghost/models"));
         assert_eq!(GhostRoot(PathBuf::from("/")).model_toml(), Path::new("/etc/ghost/model.toml"));
+        assert_eq!(r.router_dir(), Path::new("/tmp/r/var/lib/ghost/router"));
+        assert_eq!(r.resolve(Path::new("/etc/ghost/keys/k")), Path::new("/tmp/r/etc/ghost/keys/k"));
+        assert_eq!(GhostRoot(PathBuf::from("/")).resolve(Path::new("/run/ghost/model.sock")), Path::new("/run/ghost/model.sock"));
     }
 }
