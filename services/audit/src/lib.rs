@@ -1,0 +1,1 @@
+//! Identity, tools, policy and audit (being written).
