@@ -7,6 +7,7 @@ pub mod attention;
 pub mod guard;
 pub mod observation;
 pub mod pace;
+pub mod perceive;
 pub mod rules;
 
 pub use attention::{Attention, Offer};

@@ -159,6 +159,15 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The `when.above` threshold, if any.
+    pub fn above(&self) -> Option<f64> {
+        self.above
+    }
+    /// The `when.below` threshold, if any.
+    pub fn below(&self) -> Option<f64> {
+        self.below
+    }
+
     fn matches(&self, o: &Observation, needs_service: bool) -> bool {
         if o.source != self.source || (!self.kinds.is_empty() && !self.kinds.iter().any(|k| *k == o.kind)) {
             return false;
