@@ -169,7 +169,7 @@ impl Rule {
     }
 
     fn matches(&self, o: &Observation, needs_service: bool) -> bool {
-        if o.source != self.source || (!self.kinds.is_empty() && !self.kinds.iter().any(|k| *k == o.kind)) {
+        if o.source != self.source || (!self.kinds.is_empty() && !self.kinds.contains(&o.kind)) {
             return false;
         }
         if needs_service && o.service.is_none() {
@@ -374,7 +374,7 @@ fn compile_rule(r: RawRule, path: &Path, playbooks: &HashMap<String, Playbook>) 
         description: r.description,
         source,
         kinds,
-        service: r.when.service.map(|s| Glob(s)),
+        service: r.when.service.map(Glob),
         text,
         above: r.when.above,
         below: r.when.below,
