@@ -6,7 +6,8 @@
 //!   (recursive, one page);
 //! - `HEAD|GET /{repo}/resolve/{rev}/{file}`: small files directly (200, `ETag` = git blob
 //!   sha1, `X-Repo-Commit`); LFS files (at least `lfs_threshold` bytes) as the hub does, with
-//!   a 302 to `/cdn-lfs/…` carrying `X-Linked-Etag` (sha256), `X-Linked-Size`, `ETag`,
+//!   a 302 to `/cdn-lfs/…` (at the request's `Host`, so a QEMU guest that names the mirror
+//!   10.0.2.2 is sent back there) carrying `X-Linked-Etag` (sha256), `X-Linked-Size`, `ETag`,
 //!   `X-Repo-Commit`;
 //! - `GET /cdn-lfs/{repo}/{sha256}/{file}`: the bytes, with `Range` (206 + `Content-Range`,
 //!   416 past the end);
@@ -221,6 +222,9 @@ struct Request {
     method: String,
     path: String,
     range: Option<String>,
+    /// The `Host` header: the name the client reached the mirror by (a QEMU guest reaches the
+    /// host's 127.0.0.1:PORT as 10.0.2.2:PORT), so that the LFS redirect points back there.
+    host: Option<String>,
 }
 
 fn read_request(conn: &TcpStream) -> Option<Request> {
@@ -231,6 +235,7 @@ fn read_request(conn: &TcpStream) -> Option<Request> {
     let method = parts.next()?.to_string();
     let path = parts.next()?.to_string();
     let mut range = None;
+    let mut host = None;
     loop {
         let mut h = String::new();
         if r.read_line(&mut h).ok()? == 0 || h == "\r\n" || h == "\n" {
@@ -240,9 +245,12 @@ fn read_request(conn: &TcpStream) -> Option<Request> {
             if k.trim().eq_ignore_ascii_case("range") {
                 range = Some(v.trim().to_string());
             }
+            if k.trim().eq_ignore_ascii_case("host") {
+                host = Some(v.trim().to_string());
+            }
         }
     }
-    Some(Request { method, path, range })
+    Some(Request { method, path, range, host })
 }
 
 fn decode(s: &str) -> String {
@@ -354,7 +362,9 @@ fn route(req: &Request, me: SocketAddr, st: &Mutex<State>) -> Reply {
             return error(code, "", &format!("injected {code}"), vec![commit_h]);
         }
         if info.lfs {
-            let loc = format!("http://{me}/cdn-lfs/{id}/{}/{}", info.sha256, file);
+            // Back to the address the client used (its Host header), else the bound one.
+            let host = req.host.clone().unwrap_or_else(|| me.to_string());
+            let loc = format!("http://{host}/cdn-lfs/{id}/{}/{}", info.sha256, file);
             let h = vec![
                 ("Location".into(), loc),
                 ("ETag".into(), format!("\"{}\"", info.sha256)),

@@ -435,7 +435,7 @@ fn user_group_supplementary_groups_env_working_dir_and_nofile_are_applied() {
     root.service(
         "who",
         &format!(
-            "exec = [\"/bin/sh\", \"-c\", \"echo uid=$(id -u) gid=$(id -g) groups=$(id -G) nofile=$(ulimit -n) pwd=$(pwd) foo=$FOO home=$HOME; exec sleep 1000\"]\nuser = \"nobody\"\ngroup = \"nogroup\"\nworking_dir = \"{}\"\nenv = {{ FOO = \"bar baz\" }}\nnofile = 1234\n",
+            "exec = [\"/bin/sh\", \"-c\", \"echo uid=$(id -u) gid=$(id -g) groups=$(id -G) nofile=$(ulimit -n) pwd=$(pwd) foo=$FOO home=$HOME root=$GHOST_ROOT; exec sleep 1000\"]\nuser = \"nobody\"\ngroup = \"nogroup\"\nworking_dir = \"{}\"\nenv = {{ FOO = \"bar baz\", GHOST_ROOT = \"/srv/elsewhere\" }}\nnofile = 1234\n",
             dir.display()
         ),
     );
@@ -458,7 +458,7 @@ fn user_group_supplementary_groups_env_working_dir_and_nofile_are_applied() {
     want_groups.extend(groups);
     assert_eq!(
         line,
-        format!("uid={} gid={nogroup_gid} groups={} nofile=1234 pwd={} foo=bar baz home={home}", expect(&["-u", "nobody"]), want_groups.join(" "), dir.display())
+        format!("uid={} gid={nogroup_gid} groups={} nofile=1234 pwd={} foo=bar baz home={home} root=/srv/elsewhere", expect(&["-u", "nobody"]), want_groups.join(" "), dir.display())
     );
     g.signal(libc::SIGTERM);
     assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());

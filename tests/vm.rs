@@ -1,11 +1,15 @@
 //! VM boot tests: build the image once with `qemu/run --build-only`, boot copies of it under
 //! QEMU TCG with a timeout, and judge by the serial console. The `guest_*` tests share one
 //! boot whose services (on the state partition's overlay) exercise cgroup v2 limits, which
-//! only the guest has, and a kill inside the guest.
+//! only the guest has, and a kill inside the guest. The model test boots on its own: the
+//! guest's model service pulls a tiny model from a hub mirror on the host, loads it and
+//! answers a chat request.
 //!
 //! Run: `cargo test -p ghost-tests --test vm`. Needs qemu-system-x86, ovmf, a kernel in /boot
 //! and the image tools; as root, qemu/run installs what is missing, otherwise a test that
 //! cannot run says why on stderr and passes.
+
+mod hub_mirror;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -440,7 +444,7 @@ fn two_builds_of_the_same_inputs_are_identical() {
 }
 
 #[test]
-fn image_carries_a_rescue_shell_and_ghostctl() {
+fn image_carries_a_rescue_shell_ghost_ghostctl_and_the_model_service() {
     let Some(image) = image() else { return };
     let listing = Command::new("sh")
         .arg("-c")
@@ -469,6 +473,8 @@ fn image_carries_a_rescue_shell_and_ghostctl() {
     );
     assert!(entry("usr/bin/busybox").starts_with("-rwxr-xr-x"));
     assert!(entry("usr/bin/ghostctl").starts_with("-rwxr-xr-x"));
+    assert!(entry("usr/bin/ghost").starts_with("-rwxr-xr-x"));
+    assert!(entry("etc/ghost/services/model.toml").starts_with("-rw-r--r--"));
     assert!(entry("bin").ends_with("bin -> usr/bin"));
     for applet in ["sh", "ls", "cat", "ps", "mount", "sleep", "kill", "ip"] {
         assert!(
@@ -839,4 +845,143 @@ fn rescue_shell_runs_commands_on_the_serial_console() {
         last.starts_with("ghost-init: powered off cleanly ("),
         "the rescue boot did not power off cleanly: {last:?}\n{serial}"
     );
+}
+
+// --- the model service in the guest -----------------------------------------------------------
+
+/// The tiny random-weight Qwen2 of the model boot, as on the hub: GGUF (Q8_0) in one repo,
+/// its tokenizer in another. Not MiniLM: loading it under TCG would take too long.
+const MODEL_REPO: &str = "ghostos/tiny-qwen2-GGUF";
+const MODEL_GGUF: &str = "model-q8_0.gguf";
+const MODEL_TOKENIZER_REPO: &str = "ghostos/tiny-qwen2";
+/// GHOST_ROOT of the guest's model service, on the state partition: its model.toml is
+/// there (`ghost` reads /etc/ghost/model.toml under GHOST_ROOT, not the wizard's overlay on
+/// the state partition), and so are its cache and socket.
+const MODEL_ROOT: &str = "/var/lib/ghost/vm-model";
+
+/// Runs in the guest: waits until ghostctl reports the model service serving, shows its
+/// status, asks the model for a few tokens over the API's TCP listener, and powers off.
+const MODEL_WATCH: &str = r#"say() { echo "modelwatch: $*"; }
+serving() { ghostctl status model | grep -q '^  status: *serving '; }
+while ! serving; do sleep 0.2; done
+ghostctl status model | while read -r line; do say "$line"; done
+body='{"messages":[{"role":"user","content":"Is the disk full?"}],"max_tokens":4,"seed":1}'
+answer=$(/bin/busybox timeout 60 /bin/busybox wget -q -O - --header 'Content-Type: application/json' --post-data "$body" http://127.0.0.1:8080/v1/chat/completions)
+say "chat: $(echo "$answer" | grep -o '"object":"[a-z.]*"') $(echo "$answer" | grep -o '"completion_tokens":[0-9]*')"
+say "done: powering off"
+exec ghostctl poweroff
+"#;
+
+/// The image's own model service file, pointed at the hub `endpoint` and at [`MODEL_ROOT`].
+fn guest_model_service(endpoint: &str) -> String {
+    let shipped = std::fs::read_to_string(repo_root().join("initramfs/etc/ghost/services/model.toml"))
+        .expect("initramfs/etc/ghost/services/model.toml");
+    let exec = "exec = [\"/usr/bin/ghost\", \"model\", \"serve\"]";
+    assert!(
+        shipped.contains(exec) && !shipped.lines().any(|l| l.trim_start().starts_with("env")),
+        "the shipped model service changed its exec or sets env itself; adapt this test:\n{shipped}"
+    );
+    // GHOST_ROOT is set through busybox env (which execs ghost, so the pid ghost-init watches
+    // stays), because ghost-init puts its own GHOST_ROOT=/ before a service's `env` in the
+    // environment and getenv finds the first.
+    let wrapped = format!("exec = [\"/bin/busybox\", \"env\", \"GHOST_ROOT={MODEL_ROOT}\", \"/usr/bin/ghost\", \"model\", \"serve\"]");
+    format!("{}env = {{ HF_ENDPOINT = \"{endpoint}\" }}\n", shipped.replace(exec, &wrapped))
+}
+
+#[test]
+fn model_service_in_the_guest_pulls_from_a_hub_mirror_on_the_host_and_serves() {
+    use ghost_model::fixture::{self, FixtureForms, FixtureSpec};
+    use hub_mirror::{commit_id, Mirror};
+    let Some(image) = image() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let all = dir.path().join("fixture");
+    let forms = FixtureForms { safetensors: false, gguf_q8_0: true, gguf_q4_k_m: false };
+    fixture::write(&all, &FixtureSpec::tiny(), forms).expect("writing the tiny model");
+    let (gguf_repo, tokenizer_repo) = (dir.path().join("repo-gguf"), dir.path().join("repo-tokenizer"));
+    std::fs::create_dir_all(&gguf_repo).unwrap();
+    std::fs::create_dir_all(&tokenizer_repo).unwrap();
+    std::fs::copy(all.join(MODEL_GGUF), gguf_repo.join(MODEL_GGUF)).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(all.join(f), tokenizer_repo.join(f)).unwrap();
+    }
+    // On the host's 127.0.0.1; the guest reaches it as 10.0.2.2 (QEMU user networking).
+    let mirror = Mirror::start(&[
+        (MODEL_REPO, &gguf_repo, &commit_id("gguf v1")),
+        (MODEL_TOKENIZER_REPO, &tokenizer_repo, &commit_id("tokenizer v1")),
+    ]);
+    let port = mirror.url().rsplit(':').next().unwrap().to_string();
+    let endpoint = format!("http://10.0.2.2:{port}");
+    let model_toml = format!(
+        "[[model]]\nrepo = \"{MODEL_REPO}\"\nrole = \"generate\"\nfiles = [\"{MODEL_GGUF}\"]\n\n\
+         [[model]]\nrepo = \"{MODEL_TOKENIZER_REPO}\"\nrole = \"tokenizer\"\nfiles = [\"tokenizer.json\", \"tokenizer_config.json\"]\n\n\
+         [serve]\nthreads = 1\nqueue = 4\nlisten = \"127.0.0.1:8080\"\n"
+    );
+    let service = guest_model_service(&endpoint);
+    let model_root_rel = MODEL_ROOT.strip_prefix("/var/lib/ghost/").unwrap();
+    let model_toml_at = format!("{model_root_rel}/etc/ghost/model.toml");
+    let disk = disk_copy(image, dir.path());
+    write_state_files(
+        &disk,
+        &[
+            ("etc/services/model.toml", &service),
+            (&model_toml_at, &model_toml),
+            (
+                "etc/services/modelwatch.toml",
+                "exec = [\"/bin/busybox\", \"sh\", \"/var/lib/ghost/modelwatch.sh\"]\nrestart = \"never\"\n",
+            ),
+            ("modelwatch.sh", MODEL_WATCH),
+        ],
+        dir.path(),
+    );
+    // ghost.debug=1: every status line of the service (not one per 5 s) and its own output
+    // reach the console, so a failure shows why.
+    let serial = try_boot(&Boot {
+        image,
+        disk: &disk,
+        direct: true,
+        append: "ghost.debug=1",
+        log: &dir.path().join("serial.log"),
+        input: None,
+    })
+    .unwrap_or_else(|why| panic!("the boot with the model service failed: {why}"));
+
+    let lines = init_lines(&serial);
+    let at = |pred: &dyn Fn(&str) -> bool| lines.iter().position(|l| pred(l));
+    let model_says = |l: &str, what: &str| l.starts_with("ghost-init: service model (pid ") && l.contains(&format!("): {what}"));
+    let pulling = at(&|l| model_says(l, &format!("downloading {MODEL_REPO}@main from {endpoint}")));
+    let progress = at(&|l| model_says(l, &format!("downloading {MODEL_REPO}: {MODEL_GGUF} ")));
+    let ready = at(&|l| model_says(l, "ready"));
+    let serving = at(&|l| model_says(l, &format!("serving {MODEL_REPO}")));
+    let complete = at(&|l| l.starts_with("ghost-init: boot complete in "));
+    assert!(pulling.is_some() && progress.is_some(), "no download progress of the model on the console:\n{serial}");
+    assert!(ready.is_some() && serving.is_some(), "the model service did not become ready serving {MODEL_REPO}:\n{serial}");
+    assert!(pulling < progress && progress < ready, "download, then ready:\n{serial}");
+    // Boot did not wait for the model (the service is not critical).
+    assert!(complete.is_some() && complete < ready, "boot complete came after the model was ready:\n{serial}");
+
+    // What modelwatch printed, with runs of blanks (ghostctl aligns its fields) made one.
+    let says: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ghost-init: modelwatch | modelwatch: "))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert!(says.iter().any(|l| l.starts_with("state: running, pid ")), "ghostctl did not show the service running: {says:#?}\n{serial}");
+    assert!(
+        says.contains(&format!("status: serving {MODEL_REPO}")),
+        "ghostctl status model does not say `serving {MODEL_REPO}`: {says:#?}\n{serial}"
+    );
+    let chat = says.iter().find(|l| l.starts_with("chat: ")).map(String::as_str).unwrap_or_default();
+    assert!(
+        chat.contains("\"object\":\"chat.completion\"") && number_after(chat, "\"completion_tokens\":").is_some_and(|n| n > 0),
+        "no chat completion from the model in the guest: {chat:?}\n{serial}"
+    );
+    // The guest fetched the weights from this mirror, through the LFS redirect.
+    let log = mirror.log();
+    assert!(
+        log.iter().any(|r| r.method == "GET" && r.path.starts_with("/cdn-lfs/") && r.path.ends_with(MODEL_GGUF) && r.status == 200),
+        "the mirror never sent the weights: {log:#?}"
+    );
+    assert_booted_and_powered_off(&serial);
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(last.ends_with(" 0 killed)"), "power-off had to kill something (the model service?): {last:?}\n{serial}");
 }

@@ -243,7 +243,11 @@ impl RealOs {
             ids = Some((uid, gid, supp));
         }
         env.push(("HOME".into(), home));
-        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // The service's own `env` wins over ours (PATH, GHOST_ROOT, HOME…), except for the
+        // sd_notify protocol's variables, which must point at this supervisor.
+        let protocol = |k: &str| k == "NOTIFY_SOCKET" || k == "WATCHDOG_USEC";
+        env.retain(|(k, _)| protocol(k) || !spec.env.contains_key(k));
+        env.extend(spec.env.iter().filter(|(k, _)| !protocol(k)).map(|(k, v)| (k.clone(), v.clone())));
         let mut plan = ExecPlan::new(&spec.exec, &env)?;
         if let Some(dir) = &spec.working_dir {
             if !Path::new(dir).is_dir() {
