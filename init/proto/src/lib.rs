@@ -252,3 +252,29 @@ mod tests {
         assert_eq!(to_line(&e), "{\"event\":{\"ts_ms\":1,\"kind\":\"crash-loop\",\"service\":\"a\",\"detail\":\"\"}}\n");
     }
 }
+
+/// `(year, month, day)` of a day number since 1970-01-01, proleptic Gregorian (Howard
+/// Hinnant's civil_from_days). UTC dates without a time-zone database: PID 1's log
+/// timestamps and its clients' (audit days, budget days, memory summaries) share this one.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod civil_tests {
+    #[test]
+    fn civil_from_days_matches_known_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(super::civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(super::civil_from_days(20_779), (2026, 11, 22));
+    }
+}

@@ -30,6 +30,7 @@
 //! A ledger that cannot be read or written refuses the call: the budget cannot be checked.
 
 use super::Tokens;
+use ghost_proto::civil_from_days;
 use rustix::fs::{flock, FlockOperation};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -61,18 +62,6 @@ impl<F: Fn() -> u64 + Send + Sync> Clock for F {
     }
 }
 
-/// `(year, month, day)` of a day number since 1970-01-01 (Howard Hinnant's civil_from_days).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
 
 /// `YYYY-MM-DD`, the UTC day of a time.
 pub fn utc_date(unix_ms: u64) -> String {
