@@ -112,25 +112,18 @@ fn write_canonical(v: &Value, out: &mut String) {
 /// Writes `data` to `path` atomically and durably: a temporary file in the same directory with
 /// `mode`, fsync, rename over `path`, fsync of the directory.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tmp_name(path);
-    let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    write_then_publish(path, data, mode, |tmp, path| std::fs::rename(tmp, path))
 }
 
 /// Like [`write_atomic`] but never replaces an existing file (`link(2)` refuses to): the
 /// create-once step of the identity. `Err(AlreadyExists)` when `path` is there.
 pub fn write_new(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_then_publish(path, data, mode, |tmp, path| std::fs::hard_link(tmp, path))
+}
+
+/// Writes and fsyncs a temporary file beside `path`, puts it in place with `publish`, fsyncs
+/// the directory; the temporary name never outlives the call.
+fn write_then_publish(path: &Path, data: &[u8], mode: u32, publish: impl FnOnce(&Path, &Path) -> io::Result<()>) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = tmp_name(path);
     let result = (|| {
@@ -138,9 +131,10 @@ pub fn write_new(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
         f.write_all(data)?;
         f.sync_all()?;
         drop(f);
-        std::fs::hard_link(&tmp, path)?;
+        publish(&tmp, path)?;
         sync_dir(dir)
     })();
+    // After a rename the temporary name is gone already; after a link (or a failure) it is not.
     let _ = std::fs::remove_file(&tmp);
     result
 }
