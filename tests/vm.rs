@@ -881,11 +881,8 @@ fn guest_model_service(endpoint: &str) -> String {
         shipped.contains(exec) && !shipped.lines().any(|l| l.trim_start().starts_with("env")),
         "the shipped model service changed its exec or sets env itself; adapt this test:\n{shipped}"
     );
-    // GHOST_ROOT is set through busybox env (which execs ghost, so the pid ghost-init watches
-    // stays), because ghost-init puts its own GHOST_ROOT=/ before a service's `env` in the
-    // environment and getenv finds the first.
-    let wrapped = format!("exec = [\"/bin/busybox\", \"env\", \"GHOST_ROOT={MODEL_ROOT}\", \"/usr/bin/ghost\", \"model\", \"serve\"]");
-    format!("{}env = {{ HF_ENDPOINT = \"{endpoint}\" }}\n", shipped.replace(exec, &wrapped))
+    // A service's `env` wins over ghost-init's own GHOST_ROOT=/.
+    format!("{shipped}env = {{ HF_ENDPOINT = \"{endpoint}\", GHOST_ROOT = \"{MODEL_ROOT}\" }}\n")
 }
 
 #[test]
