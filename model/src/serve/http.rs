@@ -192,7 +192,7 @@ async fn chat(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes)
     if let Err(e) = engine.submit(&client, Job { request, events: tx, enqueued: Instant::now() }) {
         return error(e);
     }
-    let meta = Meta { id: completion_id(), created: unix_now(), model: app.generate_id.clone().unwrap_or_default() };
+    let meta = Meta { id: super::fresh_id("chatcmpl-"), created: unix_now(), model: app.generate_id.clone().unwrap_or_default() };
     // Wait until the worker has the request and has either refused it or produced something,
     // so that a refusal (a prompt that does not fit) is an HTTP error, not half a stream.
     let mut seq = 0;
@@ -399,11 +399,4 @@ async fn embeddings(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn completion_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    format!("chatcmpl-{:012x}{:06x}", nanos & 0xffff_ffff_ffff, N.fetch_add(1, Ordering::Relaxed) & 0xff_ffff)
 }

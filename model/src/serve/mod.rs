@@ -35,6 +35,15 @@ pub use http::{AppState, Phase};
 pub use notify::Notifier;
 pub use worker::Engine;
 
+/// An id for a completion or a tool call: `prefix`, then the clock's nanoseconds and a
+/// counter, so two ids of one server never repeat.
+pub(crate) fn fresh_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    format!("{prefix}{:012x}{:06x}", nanos & 0xffff_ffff_ffff, N.fetch_add(1, Ordering::Relaxed) & 0xff_ffff)
+}
+
 /// Binds the Unix socket at `path`: its directory is created, a stale socket file left by a
 /// crash is replaced, but a socket that a live server answers on is refused. Mode 0660.
 pub fn bind_unix(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {

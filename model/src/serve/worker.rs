@@ -303,7 +303,7 @@ fn run_job(g: &mut Generator, shapes: &mut Shapes, job: &Job) -> Result<Option<C
             let call: Value = serde_json::from_str(json)
                 .map_err(|e| ApiError::internal(format!("the constrained tool call did not parse ({e}): {json}")))?;
             let name = call["name"].as_str().unwrap_or_default().to_string();
-            c.tool_calls.push(ToolCall { id: call_id(), name, arguments: call["arguments"].to_string() });
+            c.tool_calls.push(ToolCall { id: super::fresh_id("call_"), name, arguments: call["arguments"].to_string() });
             c.finish_reason = "tool_calls";
         }
         None => c.content = Some(out.text),
@@ -440,11 +440,4 @@ fn generate_error(e: GenerateError) -> ApiError {
         GenerateError::NoChatTemplate => ApiError::invalid(e.to_string()),
         other => ApiError::internal(other.to_string()),
     }
-}
-
-fn call_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    format!("call_{:012x}{:06x}", nanos & 0xffff_ffff_ffff, N.fetch_add(1, Ordering::Relaxed) & 0xff_ffff)
 }
