@@ -85,6 +85,29 @@ fn qemu_run(args: &[&str]) -> (std::process::ExitStatus, String) {
     (out.status, text)
 }
 
+/// What a failed image build says, error first: its last lines without cargo's `Compiling`
+/// progress (CI keeps only the head of a long failure), then the disk and memory left.
+fn build_failure_report(output: &str) -> String {
+    let lines: Vec<&str> = output
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("Compiling "))
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(60)..];
+    let mut report = tail.join("\n");
+    for (what, cmd, args) in [
+        ("disk", "df", vec!["-h".to_string(), target_dir().display().to_string()]),
+        ("memory", "free", vec!["-m".to_string()]),
+    ] {
+        let said = Command::new(cmd)
+            .args(&args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("{cmd}: {e}\n"));
+        report.push_str(&format!("\n--- {what} ---\n{said}"));
+    }
+    report
+}
+
 /// Builds the image into target/vm-test-image once for all tests; `None` means skip.
 fn image() -> Option<&'static Path> {
     static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -100,7 +123,9 @@ fn image() -> Option<&'static Path> {
             "--out",
             dir.to_str().expect("utf-8 path"),
         ]);
-        assert!(status.success(), "qemu/run --build-only failed:\n{output}");
+        if !status.success() {
+            panic!("qemu/run --build-only failed ({status}):\n{}", build_failure_report(&output));
+        }
         eprintln!(
             "vm: image built in {:.1} s (cargo included)",
             started.elapsed().as_secs_f64()

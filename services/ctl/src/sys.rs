@@ -52,8 +52,10 @@ pub struct LocalTime {
 
 /// `unix_s` (seconds since the epoch) in the local time zone (TZ, /etc/localtime; UTC without).
 pub fn local_time(unix_s: i64) -> Option<LocalTime> {
-    #[allow(clippy::useless_conversion)] // time_t is 32 bits wide on some targets
-    let t: libc::time_t = unix_s.try_into().ok()?;
+    // libc's time_t alias is deprecated on musl (it widens to 64 bits with musl 1.2); take
+    // the type from localtime_r's own signature instead of naming it.
+    let mut t = Default::default();
+    set_checked(&mut t, unix_s)?;
     // SAFETY: all-zero is a valid `tm` (integers and, on glibc, a null zone pointer).
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers are valid for the call; localtime_r is the thread-safe variant.
@@ -69,6 +71,12 @@ pub fn local_time(unix_s: i64) -> Option<LocalTime> {
         minute: tm.tm_min as u32,
         second: tm.tm_sec as u32,
     })
+}
+
+/// `*slot = value` when it fits the slot's integer type (time_t is 32 bits on some targets).
+fn set_checked<T: TryFrom<i64>>(slot: &mut T, value: i64) -> Option<()> {
+    *slot = T::try_from(value).ok()?;
+    Some(())
 }
 
 #[cfg(test)]
