@@ -18,6 +18,8 @@
 //! client closes the connection. A malformed line gets `{"ok":false,"error":...}` and the
 //! connection stays usable. Lines longer than [`MAX_LINE`] are refused the same way.
 
+pub mod agent;
+
 use serde::{Deserialize, Serialize};
 
 /// The longest request line PID 1 reads; longer ones are refused with an error reply.
