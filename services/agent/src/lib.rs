@@ -14,4 +14,4 @@ pub use attention::{Attention, Offer};
 pub use guard::{Guard, Verdict};
 pub use observation::{Observation, Source};
 pub use pace::Pace;
-pub use rules::{Decision, Playbook, Rule, RuleSet, Step, Verify};
+pub use rules::{expect_matches, Check, Condition, Decision, Playbook, Rule, RuleSet, Step, Verify};

@@ -16,12 +16,21 @@
 //!     { tool = "log.tail", args = { service = "{service}", lines = 50 } },
 //!     { tool = "service.restart", args = { name = "{service}" } },
 //! ]
-//! verify = { tool = "service.status", args = { name = "{service}" }, expect = { state = "running" }, within_s = 10 }
+//! verify = { tool = "service.status", args = { name = "{service}" }, expect = { state = "running" }, within_s = 10, hold_s = 1 }
+//! # or a metric back on the right side of a threshold:
+//! # verify = { metric = "disk.used_percent", subject = "{data.subject}", below = 85.0, within_s = 10 }
+//! # only act when a precondition holds (else the supervisor is already on it):
+//! only_if = { tool = "service.status", args = { name = "{service}" }, expect = { state = ["stopped", "crash-loop"] } }
 //! ```
 //!
-//! Placeholders in argument strings: `{service}`, `{kind}`, `{source}`, `{text}` and
-//! `{data.FIELD}`; a rule whose playbook needs `{service}` matches only observations that name
-//! one. Every key is closed: an unknown key, a bad regex, an unknown playbook or placeholder is
+//! Placeholders in argument strings: `{service}`, `{kind}`, `{source}`, `{text}`, `{root}` (the
+//! agent's root: empty on a real system, the hosted root otherwise; `{root}/tmp`) and
+//! `{data.FIELD}` (a log rule's named capture groups land in `data`); a rule whose playbook
+//! needs `{service}` matches only observations that name one.
+//!
+//! An `expect` value is compared with the tool's output key by key: equal, one of an array, or
+//! `{ below = N }` / `{ above = N }` for numbers ([`expect_matches`]). `hold_s` asks the check
+//! to hold that long once it passed (a service that comes up and dies again is not repaired). Every key is closed: an unknown key, a bad regex, an unknown playbook or placeholder is
 //! reported with the file, the entry and the key, and only that rule (or playbook) is left out.
 //!
 //! Matching is an index lookup by (source, kind) and a short scan of the candidates in
@@ -88,6 +97,17 @@ struct RawPlaybook {
     description: String,
     steps: Vec<RawStep>,
     verify: Option<RawVerify>,
+    only_if: Option<RawCondition>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCondition {
+    tool: String,
+    #[serde(default)]
+    args: toml::Table,
+    #[serde(default)]
+    expect: toml::Table,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,13 +121,19 @@ struct RawStep {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVerify {
-    tool: String,
+    tool: Option<String>,
     #[serde(default)]
     args: toml::Table,
     #[serde(default)]
     expect: toml::Table,
+    metric: Option<String>,
+    subject: Option<String>,
+    below: Option<f64>,
+    above: Option<f64>,
     #[serde(default = "default_within")]
     within_s: u64,
+    #[serde(default)]
+    hold_s: f64,
 }
 
 fn default_within() -> u64 {
@@ -121,14 +147,30 @@ pub struct Step {
     pub args: Value,
 }
 
-/// How a playbook checks that it worked: call `tool` until its output contains `expect`
-/// (every key equal), for at most `within_s`.
+/// A tool call whose output must match `expect` ([`expect_matches`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Verify {
+pub struct Condition {
     pub tool: String,
     pub args: Value,
     pub expect: Value,
+}
+
+/// What a playbook's verification checks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    /// Call a tool until its output matches.
+    Tool(Condition),
+    /// Sample a metric of `subject` (a mount point, a service) until it is below / above.
+    Metric { metric: String, subject: String, below: Option<f64>, above: Option<f64> },
+}
+
+/// How a playbook checks that it worked: `check` must pass within `within_s`, and then keep
+/// passing for `hold_ms`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verify {
+    pub check: Check,
     pub within_s: u64,
+    pub hold_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -137,6 +179,7 @@ pub struct Playbook {
     pub description: String,
     pub steps: Vec<Step>,
     pub verify: Option<Verify>,
+    pub only_if: Option<Condition>,
     /// Some argument needs `{service}`.
     needs_service: bool,
 }
@@ -166,6 +209,10 @@ impl Rule {
     /// The `when.below` threshold, if any.
     pub fn below(&self) -> Option<f64> {
         self.below
+    }
+    /// The `when.text` pattern (log rules: its named groups become the observation's data).
+    pub fn text_pattern(&self) -> Option<&Regex> {
+        self.text.as_ref()
     }
 
     fn matches(&self, o: &Observation, needs_service: bool) -> bool {
@@ -208,6 +255,7 @@ pub struct Decision {
     pub playbook: String,
     pub steps: Vec<Step>,
     pub verify: Option<Verify>,
+    pub only_if: Option<Condition>,
     pub cooldown_s: u64,
 }
 
@@ -218,6 +266,8 @@ pub struct RuleSet {
     playbooks: HashMap<String, Playbook>,
     /// Rule indices by source, in priority order.
     by_source: HashMap<Source, Vec<usize>>,
+    /// What `{root}` stands for.
+    root: String,
 }
 
 impl RuleSet {
@@ -294,7 +344,13 @@ impl RuleSet {
         for (i, r) in rules.iter().enumerate() {
             by_source.entry(r.source).or_default().push(i);
         }
-        (RuleSet { rules, playbooks, by_source }, problems)
+        (RuleSet { rules, playbooks, by_source, root: String::new() }, problems)
+    }
+
+    /// `{root}` becomes `root` (no trailing slash): the hosted root, or empty for `/`.
+    pub fn with_root(mut self, root: &str) -> RuleSet {
+        self.root = root.trim_end_matches('/').to_string();
+        self
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -317,11 +373,26 @@ impl RuleSet {
             let rule = &self.rules[i];
             let pb = &self.playbooks[&rule.playbook];
             if rule.matches(o, pb.needs_service) && allowed(rule) {
+                let f = |v: &Value| fill(v, o, &self.root);
+                let cond = |c: &Condition| Condition { tool: c.tool.clone(), args: f(&c.args), expect: f(&c.expect) };
                 return Some(Decision {
                     rule: rule.name.clone(),
                     playbook: pb.name.clone(),
-                    steps: pb.steps.iter().map(|s| Step { tool: s.tool.clone(), args: fill(&s.args, o) }).collect(),
-                    verify: pb.verify.as_ref().map(|v| Verify { tool: v.tool.clone(), args: fill(&v.args, o), expect: fill(&v.expect, o), within_s: v.within_s }),
+                    steps: pb.steps.iter().map(|s| Step { tool: s.tool.clone(), args: f(&s.args) }).collect(),
+                    verify: pb.verify.as_ref().map(|v| Verify {
+                        check: match &v.check {
+                            Check::Tool(c) => Check::Tool(cond(c)),
+                            Check::Metric { metric, subject, below, above } => Check::Metric {
+                                metric: metric.clone(),
+                                subject: fill_str(subject, o, &self.root),
+                                below: *below,
+                                above: *above,
+                            },
+                        },
+                        within_s: v.within_s,
+                        hold_ms: v.hold_ms,
+                    }),
+                    only_if: pb.only_if.as_ref().map(cond),
                     cooldown_s: rule.cooldown_s,
                 });
             }
@@ -396,17 +467,40 @@ fn compile_playbook(p: RawPlaybook) -> Result<Playbook, String> {
         check_placeholders(&args, &format!("steps[{i}].args"), &mut needs_service)?;
         steps.push(Step { tool: s.tool, args });
     }
+    let mut condition = |tool: String, args: toml::Table, expect: toml::Table, at: &str| -> Result<Condition, String> {
+        let args = to_json(toml::Value::Table(args));
+        let expect = to_json(toml::Value::Table(expect));
+        check_placeholders(&args, &format!("{at}.args"), &mut needs_service)?;
+        check_placeholders(&expect, &format!("{at}.expect"), &mut needs_service)?;
+        Ok(Condition { tool, args, expect })
+    };
+    let only_if = match p.only_if {
+        Some(c) => Some(condition(c.tool, c.args, c.expect, "only_if")?),
+        None => None,
+    };
     let verify = match p.verify {
         Some(v) => {
-            let args = to_json(toml::Value::Table(v.args));
-            let expect = to_json(toml::Value::Table(v.expect));
-            check_placeholders(&args, "verify.args", &mut needs_service)?;
-            check_placeholders(&expect, "verify.expect", &mut needs_service)?;
-            Some(Verify { tool: v.tool, args, expect, within_s: v.within_s })
+            if !(0.0..=600.0).contains(&v.hold_s) {
+                return Err("verify.hold_s: must be between 0 and 600 seconds".into());
+            }
+            let check = match (v.tool, v.metric) {
+                (Some(tool), None) => Check::Tool(condition(tool, v.args, v.expect, "verify")?),
+                (None, Some(metric)) => {
+                    if v.below.is_none() && v.above.is_none() {
+                        return Err("verify: a metric check needs `below` or `above`".into());
+                    }
+                    let subject = v.subject.unwrap_or_default();
+                    check_placeholders(&Value::String(subject.clone()), "verify.subject", &mut needs_service)?;
+                    Check::Metric { metric, subject, below: v.below, above: v.above }
+                }
+                (Some(_), Some(_)) => return Err("verify: give either `tool` or `metric`, not both".into()),
+                (None, None) => return Err("verify: needs `tool` (with `expect`) or `metric` (with `below`/`above`)".into()),
+            };
+            Some(Verify { check, within_s: v.within_s, hold_ms: (v.hold_s * 1000.0) as u64 })
         }
         None => None,
     };
-    Ok(Playbook { name: p.name, description: p.description, steps, verify, needs_service })
+    Ok(Playbook { name: p.name, description: p.description, steps, verify, only_if, needs_service })
 }
 
 fn to_json(v: toml::Value) -> Value {
@@ -419,9 +513,9 @@ fn check_placeholders(v: &Value, at: &str, needs_service: &mut bool) -> Result<(
             for p in placeholders(s) {
                 match p {
                     "service" => *needs_service = true,
-                    "kind" | "source" | "text" => {}
+                    "kind" | "source" | "text" | "root" => {}
                     d if d.starts_with("data.") && d.len() > 5 => {}
-                    other => return Err(format!("{at}: unknown placeholder {{{other}}} (service, kind, source, text, data.FIELD)")),
+                    other => return Err(format!("{at}: unknown placeholder {{{other}}} (service, kind, source, text, root, data.FIELD)")),
                 }
             }
             Ok(())
@@ -437,40 +531,65 @@ fn placeholders(s: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Arguments with placeholders replaced by the observation's values.
-fn fill(v: &Value, o: &Observation) -> Value {
+fn fill(v: &Value, o: &Observation, root: &str) -> Value {
     match v {
         Value::String(s) if s.contains('{') => {
             // A string that is exactly one `{data.X}` keeps the value's type (a number stays one).
             if let Some(field) = s.strip_prefix("{data.").and_then(|r| r.strip_suffix('}')).filter(|f| !f.contains('{')) {
                 return o.data.get(field).cloned().unwrap_or(Value::Null);
             }
-            let mut out = String::with_capacity(s.len());
-            let mut rest = s.as_str();
-            while let Some(at) = rest.find('{') {
-                out.push_str(&rest[..at]);
-                match rest[at + 1..].split_once('}') {
-                    Some((name, after)) => {
-                        out.push_str(&value_of(name, o));
-                        rest = after;
-                    }
-                    None => {
-                        out.push_str(&rest[at..]);
-                        rest = "";
-                    }
-                }
-            }
-            out.push_str(rest);
-            Value::String(out)
+            Value::String(fill_str(s, o, root))
         }
-        Value::Array(a) => Value::Array(a.iter().map(|x| fill(x, o)).collect()),
-        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), fill(x, o))).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(|x| fill(x, o, root)).collect()),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), fill(x, o, root))).collect()),
         other => other.clone(),
     }
 }
 
-fn value_of(name: &str, o: &Observation) -> String {
+fn fill_str(s: &str, o: &Observation, root: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('{') {
+        out.push_str(&rest[..at]);
+        match rest[at + 1..].split_once('}') {
+            Some((name, after)) => {
+                out.push_str(&value_of(name, o, root));
+                rest = after;
+            }
+            None => {
+                out.push_str(&rest[at..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether `actual` (a tool's output) meets `expect`: every key of `expect` is in `actual`
+/// and equal to it, or — when the expected value is an array — equal to one of its items, or
+/// — when it is `{"below": N}` / `{"above": N}` — a number on that side. Nested objects are
+/// compared the same way. An empty `expect` asks only that the call succeeded.
+pub fn expect_matches(expect: &Value, actual: &Value) -> bool {
+    match expect {
+        Value::Object(m) if is_comparison(m) => {
+            let Some(x) = actual.as_f64() else { return false };
+            m.get("below").and_then(Value::as_f64).is_none_or(|b| x < b) && m.get("above").and_then(Value::as_f64).is_none_or(|a| x > a)
+        }
+        Value::Object(m) => m.iter().all(|(k, want)| actual.get(k).is_some_and(|got| expect_matches(want, got))),
+        Value::Array(options) => options.iter().any(|want| expect_matches(want, actual)),
+        want => want == actual,
+    }
+}
+
+fn is_comparison(m: &serde_json::Map<String, Value>) -> bool {
+    !m.is_empty() && m.keys().all(|k| k == "below" || k == "above") && m.values().all(Value::is_number)
+}
+
+fn value_of(name: &str, o: &Observation, root: &str) -> String {
     match name {
         "service" => o.service.clone().unwrap_or_default(),
+        "root" => root.to_string(),
         "kind" => o.kind.clone(),
         "source" => o.source.as_str().to_string(),
         "text" => o.text.clone(),
@@ -548,7 +667,10 @@ steps = [{ tool = "shell.exec", args = { argv = ["find", "{data.path}", "-delete
         let d = s.decide(&o).unwrap();
         assert_eq!(d.rule, "nginx-first");
         assert_eq!(d.steps[1].args, serde_json::json!({"name": "nginx", "why": "exited: status 1"}));
-        assert_eq!(d.verify.unwrap().expect, serde_json::json!({"state": "running"}));
+        match d.verify.unwrap().check {
+            Check::Tool(c) => assert_eq!(c.expect, serde_json::json!({"state": "running"})),
+            other => panic!("a tool check, not {other:?}"),
+        }
         let o = Observation::new(Source::Supervisor, "oom", "killed", 5).service("redis");
         assert_eq!(s.decide(&o).unwrap().rule, "restart-dead-service");
         // No service: a playbook that needs one does not match.
@@ -604,6 +726,56 @@ steps = [{ tool = "x", args = { a = "{servce}" } }]
         assert!(all.contains("rule[6] (bad-source): when.source"), "{all}");
         assert!(all.contains("playbook[2] (bad-placeholder)") && all.contains("{servce}"), "{all}");
         assert_eq!(s.rules().len(), 3, "the good rules stay");
+    }
+
+    #[test]
+    fn preconditions_metric_checks_and_root() {
+        let text = r#"
+[[rule]]
+name = "revive"
+when = { source = "supervisor", kind = "exited", service = "*" }
+playbook = "revive"
+
+[[rule]]
+name = "disk"
+when = { source = "metrics", kind = "disk.used_percent", above = 90.0 }
+playbook = "clean"
+
+[[playbook]]
+name = "revive"
+only_if = { tool = "service.status", args = { name = "{service}" }, expect = { state = ["stopped", "crash-loop"] } }
+steps = [{ tool = "service.start", args = { name = "{service}" } }]
+verify = { tool = "service.status", args = { name = "{service}" }, expect = { state = "running" }, hold_s = 0.5 }
+
+[[playbook]]
+name = "clean"
+steps = [{ tool = "disk.cleanup", args = { path = "{root}/tmp" } }]
+verify = { metric = "disk.used_percent", subject = "{data.subject}", below = 85.0, within_s = 5 }
+"#;
+        let (s, problems) = set(text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let s = s.with_root("/tmp/r/");
+        let d = s.decide(&Observation::new(Source::Supervisor, "exited", "x", 1).service("web")).unwrap();
+        let only = d.only_if.unwrap();
+        assert!(expect_matches(&only.expect, &serde_json::json!({"name": "web", "state": "crash-loop", "restarts": 3})));
+        assert!(!expect_matches(&only.expect, &serde_json::json!({"state": "running"})));
+        assert_eq!(d.verify.as_ref().unwrap().hold_ms, 500);
+        let full = Observation::new(Source::Metrics, "disk.used_percent", "full", 1).data(serde_json::json!({"value": 97.0, "subject": "/tmp/r/tmp"}));
+        let d = s.decide(&full).unwrap();
+        assert_eq!(d.steps[0].args["path"], "/tmp/r/tmp");
+        assert_eq!(
+            d.verify.unwrap().check,
+            Check::Metric { metric: "disk.used_percent".into(), subject: "/tmp/r/tmp".into(), below: Some(85.0), above: None }
+        );
+        // Comparisons, nesting, and a missing key.
+        assert!(expect_matches(&serde_json::json!({"m": {"rss": {"below": 10}}}), &serde_json::json!({"m": {"rss": 9.5}})));
+        assert!(!expect_matches(&serde_json::json!({"m": {"rss": {"below": 10}}}), &serde_json::json!({"m": {"rss": 10}})));
+        assert!(!expect_matches(&serde_json::json!({"state": "running"}), &serde_json::json!({})));
+        assert!(expect_matches(&serde_json::json!({}), &serde_json::json!(null)));
+        // A verify needs exactly one kind of check.
+        let bad = "[[playbook]]\nname = \"b\"\nsteps = [{ tool = \"x\" }]\nverify = { metric = \"m\" }\n";
+        let (_, problems) = set(bad);
+        assert!(problems[0].contains("below") && problems[0].contains("playbook[0] (b)"), "{problems:?}");
     }
 
     #[test]
