@@ -1,30 +1,42 @@
-//! The command line of ghostctl (clap derive): the commands of DESIGN.md section 4, the global
-//! `--socket` and `--json`, and the exit codes that `--help` documents.
+//! The command line of ghostctl (clap derive): the commands of DESIGN.md section 4 for
+//! ghost-init and for the agent, the global `--socket`, `--agent-socket` and `--json`, and the
+//! exit codes that `--help` documents.
 
 use clap::{Parser, Subcommand};
+use serde_json::{Map, Value};
 use std::path::PathBuf;
 
 /// Shown at the end of `ghostctl --help`; services/ctl/README.md says the same.
 pub const EXIT_CODES: &str = "\
 Exit status:
-  0  ok
-  1  ghost-init answered with an error (unknown service, bad request, reload with file errors),
-     or import-unit could not read the unit or write the output
-  2  usage error
-  3  cannot reach the control socket (missing, permission denied, no reply)
+  0  ok (a tool call ran, or its dry run was allowed)
+  1  ghost-init or the agent answered with an error (unknown service, bad request, reload with
+     file errors, unknown approval id), a tool call ran and failed, the audit trail is not
+     intact, or import-unit could not read the unit or write the output
+  2  usage error (also --args that is not a JSON object)
+  3  cannot reach the control socket or the agent's socket (missing, permission denied, no reply)
   4  status NAME only: the service exists but is not running (like `systemctl is-active`)
+  5  tool call, approve: the agent's policy denied the call
+  6  tool call, approve: the call waits for an operator's approval (ghostctl approve ID)
 
-Socket: --socket PATH, else $GHOST_SOCKET, else $GHOST_ROOT/run/ghost/control.sock when
-GHOST_ROOT is set, else /run/ghost/control.sock.";
+Sockets: ghost-init's: --socket PATH, else $GHOST_SOCKET, else
+$GHOST_ROOT/run/ghost/control.sock when GHOST_ROOT is set, else /run/ghost/control.sock.
+The agent's (agent, tool, pending, approve, deny, audit, memory, decisions, why, goals, goal,
+tell): --agent-socket PATH, else $GHOST_AGENT_SOCKET, else $GHOST_ROOT/run/ghost/agent.sock
+when GHOST_ROOT is set, else /run/ghost/agent.sock.";
 
 #[derive(Parser, Debug)]
-#[command(name = "ghostctl", version, about = "Operate ghost-init through its control socket", after_help = EXIT_CODES)]
+#[command(name = "ghostctl", version, about = "Operate ghost-init through its control socket, and the agent through its own", after_help = EXIT_CODES)]
 pub struct Cli {
     /// The control socket to talk to
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// The agent's socket to talk to
+    #[arg(long, global = true, value_name = "PATH")]
+    pub agent_socket: Option<PathBuf>,
     /// Machine-readable output: status prints the services array, logs and events one JSON
-    /// object per line, reload the report
+    /// object per line, reload the report; the agent's commands print the agent's result as
+    /// one line
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -68,6 +80,140 @@ pub enum Command {
         #[arg(short, long, value_name = "OUT.toml")]
         output: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Agent(AgentCommand),
+}
+
+/// The commands that go to the agent's socket rather than to ghost-init.
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum AgentCommand {
+    /// The agent's heartbeat figures: beats, decisions (how many without a model), repairs, errors
+    #[command(name = "agent")]
+    Status,
+    /// Tools through the agent's policy, approvals and audit trail
+    Tool {
+        #[command(subcommand)]
+        command: ToolCommand,
+    },
+    /// Tool calls that wait for an operator's approval
+    Pending,
+    /// Let a waiting tool call run (exit codes as for tool call)
+    Approve { id: String },
+    /// Refuse a waiting tool call
+    Deny {
+        id: String,
+        /// Why, for the audit trail
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+    },
+    /// The agent's signed audit trail
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// The agent's episodic memory
+    Memory {
+        #[command(subcommand)]
+        command: MemoryCommand,
+    },
+    /// The newest decisions (by rule or by model), newest first
+    Decisions {
+        /// How many
+        #[arg(short = 'n', long = "limit", value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// Why something happened: the chain of causes behind a decision, action or observation
+    Why { id: String },
+    /// The agent's goal stack
+    Goals,
+    /// Add or drop a goal
+    Goal {
+        #[command(subcommand)]
+        command: GoalCommand,
+    },
+    /// Tell the agent something (it becomes an observation from the operator)
+    Tell {
+        #[arg(required = true, value_name = "TEXT")]
+        text: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum ToolCommand {
+    /// Call one tool (exit 0 ran or dry run, 1 it failed, 5 denied, 6 waits for approval)
+    Call {
+        /// The tool, e.g. fs.read
+        name: String,
+        /// The tool's arguments, a JSON object
+        #[arg(long, value_name = "JSON", default_value = "{}", value_parser = json_object)]
+        args: Map<String, Value>,
+        /// Why the call is made (kept in the audit trail)
+        #[arg(long, value_name = "TEXT")]
+        why: String,
+        /// Ask the policy only; nothing runs
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum AuditCommand {
+    /// Check the whole trail: hash chain, signatures, order, nothing missing (exit 1 if not intact)
+    Verify,
+}
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum MemoryCommand {
+    /// Search episodic memory (words and meaning)
+    Search {
+        #[arg(required = true, value_name = "QUERY")]
+        query: Vec<String>,
+        /// How many results at most
+        #[arg(short = 'n', long, value_name = "N")]
+        limit: Option<usize>,
+    },
+}
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum GoalCommand {
+    /// Put a goal on the stack; prints its id
+    Add {
+        text: String,
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        priority: Option<i32>,
+        /// A predicate checked each beat: service:NAME:running, disk:PATH:below:PCT
+        #[arg(long, value_name = "PRED")]
+        check: Option<String>,
+        /// The goal this one serves
+        #[arg(long, value_name = "ID")]
+        parent: Option<String>,
+    },
+    /// Take a goal off the stack
+    Drop {
+        id: String,
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+    },
+}
+
+/// `--args`: JSON, and an object, checked here so that a typo is a usage error naming the flag.
+fn json_object(text: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(format!("a JSON object is needed ({{\"path\":\"/etc/hostname\"}}), not {}", kind_of(&other))),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 #[cfg(test)]
@@ -98,7 +244,41 @@ mod tests {
             assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
         }
         let help = Cli::command().render_long_help().to_string();
-        assert!(help.contains("Exit status:") && help.contains("4  status NAME only"), "{help}");
+        assert!(help.contains("Exit status:") && help.contains("4  status NAME only") && help.contains("6  tool call"), "{help}");
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn agent_commands_parse_flat_with_their_own_socket() {
+        let c = parse(&["tool", "call", "fs.read", "--args", r#"{"path":"/etc/hostname"}"#, "--why", "look", "--dry-run", "--agent-socket", "/tmp/a"]).unwrap();
+        assert_eq!(c.agent_socket, Some(PathBuf::from("/tmp/a")));
+        let mut args = Map::new();
+        args.insert("path".into(), "/etc/hostname".into());
+        assert_eq!(c.command, Command::Agent(AgentCommand::Tool { command: ToolCommand::Call { name: "fs.read".into(), args, why: "look".into(), dry_run: true } }));
+        let c = parse(&["tool", "call", "x", "--why", "w"]).unwrap();
+        assert_eq!(c.command, Command::Agent(AgentCommand::Tool { command: ToolCommand::Call { name: "x".into(), args: Map::new(), why: "w".into(), dry_run: false } }));
+        assert_eq!(parse(&["agent", "--json"]).unwrap().command, Command::Agent(AgentCommand::Status));
+        let c = parse(&["memory", "search", "disk", "full", "-n", "3"]).unwrap();
+        assert_eq!(c.command, Command::Agent(AgentCommand::Memory { command: MemoryCommand::Search { query: vec!["disk".into(), "full".into()], limit: Some(3) } }));
+        let c = parse(&["goal", "add", "keep redis up", "--priority", "-2", "--check", "service:redis:running"]).unwrap();
+        assert_eq!(
+            c.command,
+            Command::Agent(AgentCommand::Goal { command: GoalCommand::Add { text: "keep redis up".into(), priority: Some(-2), check: Some("service:redis:running".into()), parent: None } })
+        );
+        assert_eq!(parse(&["deny", "r-1"]).unwrap().command, Command::Agent(AgentCommand::Deny { id: "r-1".into(), reason: String::new() }));
+        assert_eq!(parse(&["decisions", "-n", "5"]).unwrap().command, Command::Agent(AgentCommand::Decisions { limit: Some(5) }));
+    }
+
+    #[test]
+    fn bad_tool_args_are_a_usage_error_that_names_the_flag() {
+        for (bad, says) in [("{\"path\":", "not JSON"), ("[1,2]", "not an array"), ("\"x\"", "not a string"), ("path=/x", "not JSON")] {
+            let e = parse(&["tool", "call", "fs.read", "--args", bad, "--why", "w"]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}: {e}");
+            let text = e.to_string();
+            assert!(text.contains("--args") && text.contains(says), "{bad}: {text}");
+        }
+        for bad in [&["tool", "call", "fs.read"][..], &["tell"], &["memory", "search"], &["approve"], &["audit"]] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
     }
 }

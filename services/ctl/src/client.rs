@@ -1,7 +1,11 @@
-//! The client end of the control socket: which path to use, connecting with errors that say
-//! what is wrong, and one JSON line out, one JSON line (or a stream of them) back.
+//! The client end of ghost-init's control socket and of the agent's socket: which path to use,
+//! connecting with errors that say what is wrong, and one JSON line out, one JSON line (or a
+//! stream of them) back.
 
+use ghost_proto::agent::{AgentReply, AgentRequest, AGENT_SOCKET};
 use ghost_proto::{Reply, Request, StreamItem};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Write};
@@ -15,11 +19,70 @@ use crate::failure::Failure;
 /// How long a plain request may wait for its reply; streams have no limit after their first.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Whose socket: ghost-init's control socket, or the agent's (`ghost agent`). Each is found
+/// the same way, through its own flag and variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Control,
+    Agent,
+}
+
+impl Endpoint {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Endpoint::Control => "--socket",
+            Endpoint::Agent => "--agent-socket",
+        }
+    }
+
+    pub fn env_var(self) -> &'static str {
+        match self {
+            Endpoint::Control => "GHOST_SOCKET",
+            Endpoint::Agent => "GHOST_AGENT_SOCKET",
+        }
+    }
+
+    /// The socket under a root (`GHOST_ROOT`, or `/`).
+    fn under_root(self) -> &'static str {
+        match self {
+            Endpoint::Control => "run/ghost/control.sock",
+            Endpoint::Agent => AGENT_SOCKET,
+        }
+    }
+
+    /// Who answers, for messages.
+    fn daemon(self) -> &'static str {
+        match self {
+            Endpoint::Control => "ghost-init",
+            Endpoint::Agent => "the agent",
+        }
+    }
+
+    /// Who may connect (the server closes the connection on anyone else).
+    fn admits(self) -> &'static str {
+        match self {
+            Endpoint::Control => "the control socket admits root and group `ghost` only",
+            Endpoint::Agent => "the agent socket admits root and the user that started the agent only",
+        }
+    }
+
+    /// Why the socket file may be missing or dead.
+    fn not_running(self, stale: bool) -> &'static str {
+        match (self, stale) {
+            (Endpoint::Control, false) => "is ghost-init running?",
+            (Endpoint::Control, true) => "a socket left behind by a ghost-init that is gone?",
+            (Endpoint::Agent, _) => "the agent, `ghost agent`, may not be running",
+        }
+    }
+}
+
 /// Where the socket path came from, so that an error can say which setting to change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocketSource {
+    /// `--socket` / `--agent-socket`
     Flag,
-    GhostSocket,
+    /// `GHOST_SOCKET` / `GHOST_AGENT_SOCKET`
+    Env,
     GhostRoot,
     Default,
 }
@@ -28,42 +91,43 @@ pub enum SocketSource {
 pub struct SocketPath {
     pub path: PathBuf,
     pub source: SocketSource,
+    pub endpoint: Endpoint,
 }
 
 impl fmt::Display for SocketPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let from = match self.source {
-            SocketSource::Flag => "from --socket",
-            SocketSource::GhostSocket => "from GHOST_SOCKET",
-            SocketSource::GhostRoot => "under GHOST_ROOT",
-            SocketSource::Default => "the default",
+            SocketSource::Flag => format!("from {}", self.endpoint.flag()),
+            SocketSource::Env => format!("from {}", self.endpoint.env_var()),
+            SocketSource::GhostRoot => "under GHOST_ROOT".into(),
+            SocketSource::Default => "the default".into(),
         };
         write!(f, "{} ({from})", self.path.display())
     }
 }
 
-/// `--socket`, else `GHOST_SOCKET`, else `$GHOST_ROOT/run/ghost/control.sock`, else the default.
-/// Empty variables count as unset.
-pub fn socket_path(flag: Option<&Path>, ghost_socket: Option<OsString>, ghost_root: Option<OsString>) -> SocketPath {
+/// The endpoint's flag, else its variable (`env`), else the socket under `GHOST_ROOT`, else
+/// under `/`. Empty variables count as unset.
+pub fn socket_path(endpoint: Endpoint, flag: Option<&Path>, env: Option<OsString>, ghost_root: Option<OsString>) -> SocketPath {
     let set = |v: Option<OsString>| v.filter(|v| !v.is_empty());
-    if let Some(p) = flag {
-        return SocketPath { path: p.to_path_buf(), source: SocketSource::Flag };
-    }
-    if let Some(p) = set(ghost_socket) {
-        return SocketPath { path: p.into(), source: SocketSource::GhostSocket };
-    }
-    if let Some(root) = set(ghost_root) {
-        return SocketPath { path: Path::new(&root).join("run/ghost/control.sock"), source: SocketSource::GhostRoot };
-    }
-    SocketPath { path: "/run/ghost/control.sock".into(), source: SocketSource::Default }
+    let (path, source) = if let Some(p) = flag {
+        (p.to_path_buf(), SocketSource::Flag)
+    } else if let Some(p) = set(env) {
+        (p.into(), SocketSource::Env)
+    } else if let Some(root) = set(ghost_root) {
+        (Path::new(&root).join(endpoint.under_root()), SocketSource::GhostRoot)
+    } else {
+        (Path::new("/").join(endpoint.under_root()), SocketSource::Default)
+    };
+    SocketPath { path, source, endpoint }
 }
 
 /// The path as this process's environment decides it.
-pub fn socket_path_from_env(flag: Option<&Path>) -> SocketPath {
-    socket_path(flag, std::env::var_os("GHOST_SOCKET"), std::env::var_os("GHOST_ROOT"))
+pub fn socket_path_from_env(endpoint: Endpoint, flag: Option<&Path>) -> SocketPath {
+    socket_path(endpoint, flag, std::env::var_os(endpoint.env_var()), std::env::var_os("GHOST_ROOT"))
 }
 
-/// One connection to ghost-init.
+/// One connection to ghost-init or to the agent.
 pub struct Connection {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
@@ -79,16 +143,47 @@ impl Connection {
 
     /// Sends `req` and reads its reply; an `ok: false` reply is [`Failure::Daemon`].
     pub fn request(&mut self, req: &Request) -> Result<Reply, Failure> {
+        let line = self.exchange(req)?;
+        let reply: Reply = self.parse_reply(&line)?;
+        if !reply.ok {
+            return Err(Failure::Daemon(reply.error.unwrap_or_else(|| "ghost-init refused the request without saying why".into())));
+        }
+        Ok(reply)
+    }
+
+    /// Sends one request to the agent and returns the reply's `result` as `T` (`None` for a
+    /// plain acknowledgement); `ok: false` is [`Failure::Daemon`] with `agent: ` before the
+    /// error.
+    pub fn agent_request<T: DeserializeOwned>(&mut self, req: &AgentRequest) -> Result<Option<T>, Failure> {
+        /// The reply again, its result as the caller's type: a `Value` would lose the order of
+        /// an object's keys (serde_json sorts them here).
+        #[derive(Deserialize)]
+        struct ResultOf<T> {
+            result: Option<T>,
+        }
+        let line = self.exchange(req)?;
+        let reply: AgentReply = self.parse_reply(&line)?;
+        if !reply.ok {
+            return Err(Failure::Daemon(format!("agent: {}", reply.error.unwrap_or_else(|| "refused the request without saying why".into()))));
+        }
+        self.parse_reply::<ResultOf<T>>(&line).map(|r| r.result)
+    }
+
+    /// Writes `req` as one line and reads the one reply line.
+    fn exchange(&mut self, req: &impl Serialize) -> Result<String, Failure> {
         let socket = self.socket.clone();
         let lost = |e: io::Error| Failure::Unreachable(format!("{socket}: {e}"));
         self.writer.write_all(ghost_proto::to_line(req).as_bytes()).map_err(lost)?;
         self.reader.get_ref().set_read_timeout(Some(REPLY_TIMEOUT)).map_err(lost)?;
+        let endpoint = self.socket.endpoint;
         let line = match self.read_line() {
             Ok(Some(line)) => line,
             Ok(None) => {
                 return Err(Failure::Unreachable(format!(
-                    "{}: ghost-init closed the connection without a reply (the control socket admits root and group `ghost` only)",
-                    self.socket
+                    "{}: {} closed the connection without a reply ({})",
+                    self.socket,
+                    endpoint.daemon(),
+                    endpoint.admits()
                 )))
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
@@ -97,11 +192,11 @@ impl Connection {
             Err(e) => return Err(Failure::Unreachable(format!("{}: {e}", self.socket))),
         };
         self.reader.get_ref().set_read_timeout(None).map_err(lost)?;
-        let reply: Reply = serde_json::from_str(&line).map_err(|e| Failure::Daemon(format!("unreadable reply from ghost-init ({e}): {}", line.trim_end())))?;
-        if !reply.ok {
-            return Err(Failure::Daemon(reply.error.unwrap_or_else(|| "ghost-init refused the request without saying why".into())));
-        }
-        Ok(reply)
+        Ok(line)
+    }
+
+    fn parse_reply<T: DeserializeOwned>(&self, line: &str) -> Result<T, Failure> {
+        serde_json::from_str(line).map_err(|e| Failure::Daemon(format!("unreadable reply from {} ({e}): {}", self.socket.endpoint.daemon(), line.trim_end())))
     }
 
     /// The next item of a stream; `None` when ghost-init closed it.
@@ -133,13 +228,14 @@ impl Connection {
 
 /// Says why connecting failed and which setting picks another socket.
 fn connect_error(socket: &SocketPath, e: &io::Error) -> String {
-    let hint = "hint: set GHOST_SOCKET or pass --socket PATH to use another socket";
+    let endpoint = socket.endpoint;
+    let hint = format!("hint: set {} or pass {} PATH to use another socket", endpoint.env_var(), endpoint.flag());
     let why = match e.kind() {
-        io::ErrorKind::NotFound => "no such socket (is ghost-init running?)".to_string(),
-        io::ErrorKind::PermissionDenied => "permission denied: the control socket admits root and group `ghost` only".to_string(),
+        io::ErrorKind::NotFound => format!("no such socket ({})", endpoint.not_running(false)),
+        io::ErrorKind::PermissionDenied => format!("permission denied: {}", endpoint.admits()),
         io::ErrorKind::ConnectionRefused => match std::fs::metadata(&socket.path) {
             Ok(m) if !m.file_type().is_socket() => "this path exists but is not a socket".to_string(),
-            _ => "nothing is listening there (a socket left behind by a ghost-init that is gone?)".to_string(),
+            _ => format!("nothing is listening there ({})", endpoint.not_running(true)),
         },
         _ => e.to_string(),
     };
@@ -153,33 +249,42 @@ mod tests {
     #[test]
     fn the_socket_path_follows_flag_then_env_then_root_then_default() {
         let os = |s: &str| Some(OsString::from(s));
-        let p = |f: Option<&str>, s: Option<OsString>, r: Option<OsString>| {
-            let sp = socket_path(f.map(Path::new), s, r);
+        let p = |e: Endpoint, f: Option<&str>, s: Option<OsString>, r: Option<OsString>| {
+            let sp = socket_path(e, f.map(Path::new), s, r);
             (sp.path.display().to_string(), sp.source)
         };
-        assert_eq!(p(Some("/a"), os("/b"), os("/r")), ("/a".into(), SocketSource::Flag));
-        assert_eq!(p(None, os("/b"), os("/r")), ("/b".into(), SocketSource::GhostSocket));
-        assert_eq!(p(None, os(""), os("/r")), ("/r/run/ghost/control.sock".into(), SocketSource::GhostRoot));
-        assert_eq!(p(None, None, os("")), ("/run/ghost/control.sock".into(), SocketSource::Default));
+        use Endpoint::{Agent, Control};
+        assert_eq!(p(Control, Some("/a"), os("/b"), os("/r")), ("/a".into(), SocketSource::Flag));
+        assert_eq!(p(Control, None, os("/b"), os("/r")), ("/b".into(), SocketSource::Env));
+        assert_eq!(p(Control, None, os(""), os("/r")), ("/r/run/ghost/control.sock".into(), SocketSource::GhostRoot));
+        assert_eq!(p(Control, None, None, os("")), ("/run/ghost/control.sock".into(), SocketSource::Default));
+        assert_eq!(p(Agent, None, os(""), os("/r")), ("/r/run/ghost/agent.sock".into(), SocketSource::GhostRoot));
+        assert_eq!(p(Agent, None, None, None), ("/run/ghost/agent.sock".into(), SocketSource::Default));
+        let flag = socket_path(Agent, Some(Path::new("/a")), None, None);
+        assert_eq!(flag.to_string(), "/a (from --agent-socket)");
+        assert_eq!(socket_path(Agent, None, os("/e"), None).to_string(), "/e (from GHOST_AGENT_SOCKET)");
     }
 
     #[test]
     fn connect_errors_name_the_path_and_the_cause() {
         let dir = tempfile::tempdir().unwrap();
-        let missing = socket_path(Some(&dir.path().join("nope.sock")), None, None);
+        let missing = socket_path(Endpoint::Control, Some(&dir.path().join("nope.sock")), None, None);
         let Err(Failure::Unreachable(msg)) = Connection::open(&missing) else { panic!("connected to nothing") };
         assert!(msg.contains(&missing.path.display().to_string()) && msg.contains("no such socket") && msg.contains("GHOST_SOCKET"), "{msg}");
 
         let file = dir.path().join("plain");
         std::fs::write(&file, "").unwrap();
-        let Err(Failure::Unreachable(msg)) = Connection::open(&socket_path(Some(&file), None, None)) else { panic!() };
+        let Err(Failure::Unreachable(msg)) = Connection::open(&socket_path(Endpoint::Control, Some(&file), None, None)) else { panic!() };
         assert!(msg.contains("not a socket"), "{msg}");
 
         // A socket whose listener is gone.
         let stale = dir.path().join("stale.sock");
         drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
-        let Err(Failure::Unreachable(msg)) = Connection::open(&socket_path(Some(&stale), None, None)) else { panic!() };
+        let Err(Failure::Unreachable(msg)) = Connection::open(&socket_path(Endpoint::Control, Some(&stale), None, None)) else { panic!() };
         assert!(msg.contains("nothing is listening"), "{msg}");
+        // The agent's: the same causes, its own settings and daemon.
+        let Err(Failure::Unreachable(msg)) = Connection::open(&socket_path(Endpoint::Agent, Some(&stale), None, None)) else { panic!() };
+        assert!(msg.contains("nothing is listening") && msg.contains("`ghost agent`") && msg.contains("--agent-socket PATH"), "{msg}");
     }
 
     #[test]
@@ -204,7 +309,7 @@ mod tests {
             }
             got
         });
-        let mut c = Connection::open(&socket_path(Some(&path), None, None)).unwrap();
+        let mut c = Connection::open(&socket_path(Endpoint::Control, Some(&path), None, None)).unwrap();
         let e = c.request(&Request::Stop { name: "x".into() }).unwrap_err();
         assert_eq!(e, Failure::Daemon("no service named `x`".into()));
         assert_eq!(c.request(&Request::Events).unwrap().stream.as_deref(), Some("events"));

@@ -1,5 +1,6 @@
-//! What each ghostctl command does: the request it sends, what it prints (human or `--json`),
-//! and how it ends. Streams end cleanly when ghost-init closes them or nobody reads stdout.
+//! What each ghostctl command for ghost-init does: the request it sends, what it prints (human
+//! or `--json`), and how it ends. Streams end cleanly when ghost-init closes them or nobody
+//! reads stdout. The agent's commands are in agent_commands.rs.
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -8,12 +9,12 @@ use std::path::Path;
 use ghost_proto::{Request, State, StreamItem};
 
 use crate::cli::{Cli, Command};
-use crate::client::{socket_path_from_env, Connection, SocketPath};
+use crate::client::{socket_path_from_env, Connection, Endpoint, SocketPath};
 use crate::failure::Failure;
 use crate::import_unit::{import_unit, names_from_path};
 use crate::style::Style;
 use crate::sys::{wait_readable_or_stdout_gone, Wake};
-use crate::{human, render, table};
+use crate::{agent_commands, human, render, table};
 
 /// How the output looks, decided once per run.
 #[derive(Debug, Clone, Copy)]
@@ -27,11 +28,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     let stdout = io::stdout();
     let fd = stdout.as_fd();
     let mut out = stdout.lock();
-    if let Command::ImportUnit { file, output: target } = &cli.command {
-        return import(file, target.as_deref(), &mut out);
+    match &cli.command {
+        Command::ImportUnit { file, output: target } => import(file, target.as_deref(), &mut out),
+        Command::Agent(command) => agent_commands::run(command, &socket_path_from_env(Endpoint::Agent, cli.agent_socket.as_deref()), output, &mut out),
+        command => run_remote(command, &socket_path_from_env(Endpoint::Control, cli.socket.as_deref()), output, &mut out, fd),
     }
-    let socket = socket_path_from_env(cli.socket.as_deref());
-    run_remote(&cli.command, &socket, output, &mut out, fd)
 }
 
 /// Every command that talks to ghost-init; `stdout_fd` is watched while a stream is idle.
@@ -106,6 +107,7 @@ pub fn run_remote(command: &Command, socket: &SocketPath, output: Output, out: &
             follow_stream(&mut conn, output, out, stdout_fd)?;
         }
         Command::ImportUnit { .. } => unreachable!("import-unit runs without a socket"),
+        Command::Agent(_) => unreachable!("the agent's commands go to the agent's socket"),
     }
     Ok(())
 }
@@ -183,12 +185,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
-fn print(out: &mut dyn Write, text: &str) -> Result<(), Failure> {
+pub(crate) fn print(out: &mut dyn Write, text: &str) -> Result<(), Failure> {
     out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(Failure::from_stdout)
 }
 
 /// One value as one line of JSON (`--json`).
-fn json_line<T: serde::Serialize>(out: &mut dyn Write, v: &T) -> Result<(), Failure> {
+pub(crate) fn json_line<T: serde::Serialize>(out: &mut dyn Write, v: &T) -> Result<(), Failure> {
     let text = serde_json::to_string(v).map_err(|e| Failure::Daemon(format!("cannot encode the output as JSON: {e}")))?;
     print(out, &(text + "\n"))
 }
@@ -218,7 +220,7 @@ mod tests {
             }
             got
         });
-        (dir, socket_path(Some(&path), None, None), handle)
+        (dir, socket_path(Endpoint::Control, Some(&path), None, None), handle)
     }
 
     const PLAIN: Output = Output { json: false, style: Style::PLAIN };
@@ -277,7 +279,7 @@ mod tests {
         let (stdout, reader) = UnixStream::pair().unwrap();
         drop(reader);
         let t = std::time::Instant::now();
-        let r = run_remote(&Command::Events, &socket_path(Some(&path), None, None), PLAIN, &mut Vec::new(), stdout.as_fd());
+        let r = run_remote(&Command::Events, &socket_path(Endpoint::Control, Some(&path), None, None), PLAIN, &mut Vec::new(), stdout.as_fd());
         assert_eq!(r, Err(Failure::StdoutClosed));
         assert_eq!(Failure::StdoutClosed.exit_code(), 0);
         assert!(t.elapsed().as_secs() < 3, "it should not wait for the next event");

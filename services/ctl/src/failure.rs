@@ -5,12 +5,20 @@ use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// ghost-init answered with an error, or a local file could not be read or written: exit 1.
+    /// ghost-init or the agent answered with an error, or a local file could not be read or
+    /// written: exit 1.
     Daemon(String),
-    /// The control socket could not be reached or stopped answering: exit 3.
+    /// What was printed already says what failed (a tool call that ran and failed, an audit
+    /// trail with problems): exit 1, nothing more to say.
+    Reported,
+    /// The control socket or the agent's could not be reached or stopped answering: exit 3.
     Unreachable(String),
     /// `status NAME`: the service exists but is not running: exit 4, nothing more to say.
     NotRunning,
+    /// A tool call the agent's policy denied: exit 5.
+    Denied,
+    /// A tool call that waits for an operator (`ghostctl approve ID`): exit 6.
+    AwaitingApproval,
     /// stdout was closed (`ghostctl logs -f | head`): a clean end, exit 0.
     StdoutClosed,
 }
@@ -18,9 +26,11 @@ pub enum Failure {
 impl Failure {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Failure::Daemon(_) => 1,
+            Failure::Daemon(_) | Failure::Reported => 1,
             Failure::Unreachable(_) => 3,
             Failure::NotRunning => 4,
+            Failure::Denied => 5,
+            Failure::AwaitingApproval => 6,
             Failure::StdoutClosed => 0,
         }
     }
@@ -39,7 +49,10 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Daemon(m) | Failure::Unreachable(m) => f.write_str(m),
+            Failure::Reported => f.write_str("failed"),
             Failure::NotRunning => f.write_str("not running"),
+            Failure::Denied => f.write_str("denied"),
+            Failure::AwaitingApproval => f.write_str("waiting for approval"),
             Failure::StdoutClosed => f.write_str("stdout closed"),
         }
     }

@@ -2,6 +2,7 @@
 
 use ghost_proto::{Health, ServiceStatus, State};
 
+use crate::columns::columns;
 use crate::human;
 use crate::style::Style;
 
@@ -43,13 +44,12 @@ fn detail(s: &ServiceStatus) -> String {
 
 const COLUMNS: [&str; 8] = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "HEALTH", "MEMORY", "DETAIL"];
 
-/// One row per service, columns padded to the widest cell; colour is added after padding so
-/// that escape codes do not upset the alignment.
+/// One row per service (PID, RESTARTS and MEMORY align right); STATE and HEALTH in colour.
 pub fn status_table(services: &[ServiceStatus], style: Style) -> String {
-    let rows: Vec<[String; 8]> = services
+    let rows: Vec<Vec<String>> = services
         .iter()
         .map(|s| {
-            [
+            vec![
                 s.name.clone(),
                 state_name(s.state).to_string(),
                 s.pid.map_or("-".into(), |p| p.to_string()),
@@ -61,41 +61,11 @@ pub fn status_table(services: &[ServiceStatus], style: Style) -> String {
             ]
         })
         .collect();
-    let mut width = COLUMNS.map(|c| c.chars().count());
-    for row in &rows {
-        for (w, cell) in width.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let pad = |i: usize, text: &str| {
-        let right = matches!(i, 2 | 4 | 6); // numbers align right
-        let fill = " ".repeat(width[i] - text.chars().count());
-        if right {
-            format!("{fill}{text}")
-        } else {
-            format!("{text}{fill}")
-        }
-    };
-    let mut out = String::new();
-    let header: Vec<String> = COLUMNS.iter().enumerate().map(|(i, c)| pad(i, c)).collect();
-    out.push_str(&style.bold(header.join("  ").trim_end()));
-    out.push('\n');
-    for (s, row) in services.iter().zip(&rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, cell)| {
-                let padded = if i == COLUMNS.len() - 1 { cell.clone() } else { pad(i, cell) };
-                match (i, s.health) {
-                    (1, _) => style.state(s.state, &padded),
-                    (5, Some(h)) => style.health(h, &padded),
-                    _ => padded,
-                }
-            })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = columns(&COLUMNS, &[2, 4, 6], &rows, style, |r, i, padded| match (i, services[r].health) {
+        (1, _) => style.state(services[r].state, &padded),
+        (5, Some(h)) => style.health(h, &padded),
+        _ => padded,
+    });
     if services.is_empty() {
         out.push_str("(no services)\n");
     }
