@@ -116,6 +116,8 @@ struct RawStep {
     tool: String,
     #[serde(default)]
     args: toml::Table,
+    #[serde(default)]
+    optional: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,11 +142,13 @@ fn default_within() -> u64 {
     10
 }
 
-/// A tool call of a playbook, arguments still holding placeholders.
+/// A tool call of a playbook, arguments still holding placeholders. A step that fails ends
+/// the playbook (as failed) unless it is `optional` (keeping log lines, say).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     pub tool: String,
     pub args: Value,
+    pub optional: bool,
 }
 
 /// A tool call whose output must match `expect` ([`expect_matches`]).
@@ -378,7 +382,7 @@ impl RuleSet {
                 return Some(Decision {
                     rule: rule.name.clone(),
                     playbook: pb.name.clone(),
-                    steps: pb.steps.iter().map(|s| Step { tool: s.tool.clone(), args: f(&s.args) }).collect(),
+                    steps: pb.steps.iter().map(|s| Step { tool: s.tool.clone(), args: f(&s.args), optional: s.optional }).collect(),
                     verify: pb.verify.as_ref().map(|v| Verify {
                         check: match &v.check {
                             Check::Tool(c) => Check::Tool(cond(c)),
@@ -465,7 +469,7 @@ fn compile_playbook(p: RawPlaybook) -> Result<Playbook, String> {
     for (i, s) in p.steps.into_iter().enumerate() {
         let args = to_json(toml::Value::Table(s.args));
         check_placeholders(&args, &format!("steps[{i}].args"), &mut needs_service)?;
-        steps.push(Step { tool: s.tool, args });
+        steps.push(Step { tool: s.tool, args, optional: s.optional });
     }
     let mut condition = |tool: String, args: toml::Table, expect: toml::Table, at: &str| -> Result<Condition, String> {
         let args = to_json(toml::Value::Table(args));
@@ -776,6 +780,26 @@ verify = { metric = "disk.used_percent", subject = "{data.subject}", below = 85.
         let bad = "[[playbook]]\nname = \"b\"\nsteps = [{ tool = \"x\" }]\nverify = { metric = \"m\" }\n";
         let (_, problems) = set(bad);
         assert!(problems[0].contains("below") && problems[0].contains("playbook[0] (b)"), "{problems:?}");
+    }
+
+    #[test]
+    fn the_shipped_sentinel_rules_load_cleanly_and_decide() {
+        let text = include_str!("../../../initramfs/etc/ghost/rules/sentinel.toml");
+        let (s, problems) = set(text);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(s.rules().len(), 5);
+        let log = Observation::new(Source::Log, "line", "Could not create server TCP listening socket *:6380: bind: Address already in use", 1).service("redis");
+        // The log sense puts the pattern's named groups into data (digits as numbers).
+        let caps = s.rules().iter().find(|r| r.name == "free-stuck-port").unwrap().text_pattern().unwrap().captures(&log.text).unwrap();
+        assert_eq!(&caps["port"], "6380");
+        let log = log.data(serde_json::json!({"port": 6380}));
+        let d = s.decide(&log).unwrap();
+        assert_eq!(d.steps[0].args, serde_json::json!({"port": 6380}));
+        let nginx = "2026/11/22 [emerg] 7#7: bind() to 0.0.0.0:8080 failed (98: Address already in use)";
+        assert!(s.rules().iter().any(|r| r.text_pattern().is_some_and(|p| p.is_match(nginx))));
+        let d = s.decide(&Observation::new(Source::Supervisor, "crash-loop", "x", 1).service("web")).unwrap();
+        assert_eq!(d.steps[1].tool, "service.rollback");
+        assert!(d.steps[0].optional && !d.steps[1].optional);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! ghost: the multi-call userland of ghostos. One subcommand family per file: `model` now;
 //! `agent`, `wizard`, `console` and `improve` arrive with their issues as siblings of it.
 
+mod agent_cmd;
 mod model_cmd;
 mod paths;
 
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// The local model: fetch it from a hub, list and verify what is cached.
     Model(model_cmd::ModelArgs),
+    /// The agent: watches the machine, heals what breaks, remembers why (a supervised service)
+    Agent(agent_cmd::AgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -25,6 +28,7 @@ fn main() -> ExitCode {
     let root = paths::GhostRoot::from_env();
     let result = match cli.command {
         Command::Model(args) => model_cmd::run(args, &root),
+        Command::Agent(args) => agent_cmd::run(args, &root),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,17 @@ impl GhostRoot {
         GhostRoot(std::env::var_os("GHOST_ROOT").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/")))
     }
 
+    /// The root at `dir` (tests).
+    #[cfg(test)]
+    pub fn at(dir: &Path) -> GhostRoot {
+        GhostRoot(dir.to_path_buf())
+    }
+
+    /// The root itself (`/` on a real system).
+    pub fn dir(&self) -> &Path {
+        &self.0
+    }
+
     /// `abs` (a path of the running system, e.g. `/etc/ghost/model.toml`) under the root.
     pub fn path(&self, abs: &str) -> PathBuf {
         self.0.join(Path::new(abs).strip_prefix("/").unwrap_or(Path::new(abs)))

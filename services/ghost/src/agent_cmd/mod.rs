@@ -1,0 +1,537 @@
+//! `ghost agent`: the heartbeat that keeps the machine healthy. Each beat perceives (events,
+//! matched log lines, metric crossings, operator messages), remembers (every observation,
+//! decision, action and outcome in memory), deliberates (rules first), acts (playbooks whose
+//! every call goes through policy, approvals and the signed audit trail), verifies, and learns
+//! (playbook success counts, loop guard). Its socket (`/run/ghost/agent.sock`) answers
+//! ghostctl. It works fully without a model: decisions without a rule are counted and, when
+//! salient, escalated to the operator.
+
+mod act;
+mod config;
+mod goals;
+mod known_good;
+mod perceive;
+mod socket;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use ghost_agent::guard::Verdict;
+use ghost_agent::perceive::{from_event, thresholds, MetricWatch};
+use ghost_agent::{Attention, Decision, Guard, Observation, Pace, RuleSet, Source};
+use ghost_audit::approvals::ApprovalQueue;
+use ghost_audit::audit::{AuditLog, Entry, Why};
+use ghost_audit::constitution::{Constitution, RateLimiter, Resource};
+use ghost_audit::gate::{Gate, Handled};
+use ghost_audit::identity::{Identity, PublicKey};
+use ghost_audit::policy::Mode;
+use ghost_audit::tools::{ExecConfig, Executor, Registry};
+use ghost_memory::{Episode, EpisodeKind, Memory, PlaybookSpec};
+use ghost_proto::{EventKind, Request, State};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::paths::GhostRoot;
+use act::{remember, run_playbook, subject_of, End, SystemDelegate};
+use config::AgentConfig;
+use goals::Goals;
+use known_good::{now_ms, KnownGood};
+use perceive::Input;
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Rule files (default: /etc/ghost/rules under GHOST_ROOT)
+    #[arg(long, value_name = "DIR")]
+    rules: Option<PathBuf>,
+}
+
+/// The heartbeat's figures (`ghostctl agent`).
+#[derive(Debug, Default, Serialize)]
+pub struct Stats {
+    pub beats: u64,
+    pub interval_ms: u64,
+    pub last_beat_ms: f64,
+    pub max_beat_ms: f64,
+    pub observations: u64,
+    pub suppressed: u64,
+    pub dropped: u64,
+    pub decisions: u64,
+    pub decisions_by_rule: u64,
+    pub decisions_by_model: u64,
+    pub share_without_model: f64,
+    /// Observations no rule covered (and no model was asked).
+    pub unhandled: u64,
+    pub actions: u64,
+    pub repairs_verified: u64,
+    pub repairs_failed: u64,
+    /// Playbooks whose precondition said the supervisor was already on it.
+    pub skipped: u64,
+    pub escalations: u64,
+    pub waiting_for_approval: u64,
+    pub errors: u64,
+    pub rules: usize,
+    /// Observation time (as the source stamped it) to verified repair, ms, newest last (≤ 200).
+    #[serde(skip)]
+    pub repair_ms: Vec<u64>,
+}
+
+/// What the heartbeat, the socket and the tools share.
+pub struct Shared {
+    pub root: GhostRoot,
+    pub gate: Gate,
+    /// For read-only checks (preconditions, verification), outside the gate.
+    pub executor: Executor,
+    pub memory: Arc<Memory>,
+    pub goals: Mutex<Goals>,
+    pub tx: Mutex<Sender<Input>>,
+    pub audit_dir: PathBuf,
+    pub public_key: PublicKey,
+    pub started: Instant,
+    stats: Mutex<Stats>,
+}
+
+impl Shared {
+    pub fn stats(&self) -> MutexGuard<'_, Stats> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn send(&self, input: Input) {
+        let _ = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(input);
+    }
+
+    /// The status object of `ghostctl agent`.
+    pub fn status_json(&self) -> Value {
+        let s = self.stats();
+        let mut v = serde_json::to_value(&*s).unwrap_or(Value::Null);
+        let mut sorted = s.repair_ms.clone();
+        sorted.sort_unstable();
+        let pct = |p: f64| sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied();
+        v["repair_ms"] = json!({ "count": sorted.len(), "p50": pct(0.5), "p95": pct(0.95), "max": sorted.last() });
+        v["pending_approvals"] = json!(self.gate.approvals().pending().len());
+        let health = self.memory.health();
+        v["memory"] = json!(match health.mode {
+            ghost_memory::Mode::Durable => "sqlite",
+            ghost_memory::Mode::InProcess => "in-process",
+        });
+        v["memory_episodes"] = json!(health.hot_episodes);
+        v["mode"] = json!(self.gate.mode().as_str());
+        v["uptime_s"] = json!((self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+        v
+    }
+}
+
+fn system_mode(root: &GhostRoot) -> (Mode, Option<String>) {
+    let path = root.path("/etc/ghost/ghost.toml");
+    let Ok(text) = std::fs::read_to_string(&path) else { return (Mode::Normal, None) };
+    let value = toml::from_str::<toml::Table>(&text).ok().and_then(|t| t.get("security").and_then(|v| v.as_str().map(str::to_string)));
+    match value {
+        None => (Mode::Normal, None),
+        Some(s) => match Mode::parse(&s) {
+            Some(m) => (m, None),
+            None => (Mode::Normal, Some(format!("{}: security: {s:?} is not safe, normal, paranoid or trusted; using normal", path.display()))),
+        },
+    }
+}
+
+/// Where a playbook waits for an operator.
+struct Parked {
+    decision: Decision,
+    obs: Observation,
+    memory_ids: Vec<String>,
+    decision_id: Option<i64>,
+    step: usize,
+}
+
+/// The beat loop's own state.
+struct Heart {
+    sh: Arc<Shared>,
+    rules: RuleSet,
+    guard: Guard,
+    attention: Attention,
+    known_good: KnownGood,
+    parked: HashMap<String, Parked>,
+    /// Services to copy the configuration of once they have run `stable` (due, service, pid).
+    snapshots: Vec<(Instant, String, Option<i32>)>,
+    stable: Duration,
+    max_failures: u32,
+    last_goal_check: Instant,
+}
+
+pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::ExitCode> {
+    let paths = ghost_audit::Paths::under(root.dir());
+    let warn = |line: &str| eprintln!("ghost agent: WARNING: {line}");
+    let (cfg, problems) = AgentConfig::load(&root.path("/etc/ghost/agent.toml"));
+    problems.iter().for_each(|p| warn(p));
+    let loaded = Constitution::load(&paths.constitution);
+    loaded.problems.iter().for_each(|p| warn(p));
+    let mut constitution = loaded.constitution;
+    constitution.protected_paths.extend(paths.protected());
+    let (mode, problem) = system_mode(root);
+    problem.iter().for_each(|p| warn(p));
+
+    let identity = Identity::load_or_create(&paths.identity_dir, "ghost").with_context(|| format!("the agent's identity in {}", paths.identity_dir.display()))?;
+    identity.notes.iter().for_each(|n| eprintln!("ghost agent: {n}"));
+    let identity = Arc::new(identity.identity);
+    let public_key = identity.public_key();
+    let opened = AuditLog::open(&paths.audit_dir, identity.clone()).with_context(|| format!("the audit trail in {}", paths.audit_dir.display()))?;
+    opened.notes.iter().for_each(|n| eprintln!("ghost agent: audit: {n}"));
+    let audit = Arc::new(opened.log);
+    let memory_path = root.path("/var/lib/ghost/memory.db");
+    let memory = Arc::new(Memory::open(&memory_path, ghost_memory::Options::default()).with_context(|| format!("memory at {}", memory_path.display()))?);
+
+    let exec_config = ExecConfig {
+        log_dir: paths.log_dir.clone(),
+        protected_paths: constitution.protected_paths.clone(),
+        cleanable_dirs: vec![root.path("/tmp"), root.path("/var/tmp")],
+        ..ExecConfig::default()
+    };
+    let delegate = Arc::new(SystemDelegate { memory: memory.clone(), known_good: KnownGood::new(root) });
+    let executor = Executor::new(Arc::new(Registry::builtin()), exec_config).with_delegate(delegate);
+    let bounds = constitution.bounds;
+    let gate = Gate::new(executor.clone(), audit.clone(), Arc::new(ApprovalQueue::new(cfg.approval_timeout)), constitution, mode);
+
+    let rules_dir = args.rules.unwrap_or_else(|| root.path("/etc/ghost/rules"));
+    let (rules, problems) = RuleSet::load_dir(&rules_dir);
+    problems.iter().for_each(|p| warn(p));
+    let hosted_root = if root.dir() == Path::new("/") { String::new() } else { root.dir().display().to_string() };
+    let rules = rules.with_root(&hosted_root);
+    for r in rules.rules() {
+        if let Some(pb) = rules.playbook(&r.playbook) {
+            let steps = json!(pb.steps.iter().map(|s| json!({ "tool": s.tool, "args": s.args })).collect::<Vec<_>>());
+            let spec = PlaybookSpec { name: pb.name.clone(), description: pb.description.clone(), trigger: format!("{} ({})", r.name, r.description), steps };
+            if let Err(e) = memory.upsert_playbook(&spec) {
+                warn(&format!("memory: playbook {}: {e}", pb.name));
+            }
+        }
+    }
+    let (goals, problem) = Goals::load(root.path("/var/lib/ghost/agent/goals.json"), now_ms());
+    problem.iter().for_each(|p| warn(p));
+
+    let (tx, rx) = mpsc::channel();
+    let sh = Arc::new(Shared {
+        root: root.clone(),
+        gate,
+        executor,
+        memory: memory.clone(),
+        goals: Mutex::new(goals),
+        tx: Mutex::new(tx.clone()),
+        audit_dir: paths.audit_dir.clone(),
+        public_key,
+        started: Instant::now(),
+        stats: Mutex::new(Stats { rules: rules.rules().len(), ..Stats::default() }),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let socket_path = root.path(&format!("/{}", ghost_proto::agent::AGENT_SOCKET));
+    socket::serve(sh.clone(), &socket_path).with_context(|| format!("the agent socket {}", socket_path.display()))?;
+    perceive::spawn_events(tx.clone(), stop.clone());
+    let log_patterns = rules.rules().iter().filter(|r| r.source == Source::Log).filter_map(|r| r.text_pattern().cloned()).collect();
+    perceive::spawn_logs(log_patterns, tx.clone(), stop.clone());
+    let watch = MetricWatch::new(thresholds(&rules), 0.05);
+    perceive::spawn_sampler(watch, cfg.disk_paths(root), cfg.service_memory, cfg.metrics_interval, tx.clone(), stop.clone());
+
+    let text = format!("agent started: {} rules, mode {}, memory {}", rules.rules().len(), sh.gate.mode().as_str(), memory_path.display());
+    remember(&memory, Episode::new(EpisodeKind::Note, "agent", &text).salience(0.3), None);
+    if let Err(e) = audit.append(Entry::decision("agent", &text, json!({ "rules": rules.rules().len() }), Why { rule: None, layer: Some("agent".into()), memory_ids: vec![], text: "start".into() })) {
+        anyhow::bail!("the audit trail cannot be written: {e}");
+    }
+    eprintln!("ghost agent: {text}; socket {}", socket_path.display());
+    ghost_model::serve::notify::Notifier::from_env().ready(&text);
+
+    let mut heart = Heart {
+        sh,
+        rules,
+        guard: Guard::new(cfg.max_failures),
+        attention: Attention::new(256, 8, 10_000),
+        known_good: KnownGood::new(root),
+        parked: HashMap::new(),
+        snapshots: Vec::new(),
+        stable: cfg.stable,
+        max_failures: cfg.max_failures,
+        last_goal_check: Instant::now() - Duration::from_secs(60),
+    };
+    heart.schedule_running_services();
+    let pace = Pace::new(cfg.min_interval, cfg.max_interval).with_max_beats_per_minute(bounds.beats_per_minute.min(u32::MAX as u64) as u32);
+    heart.beat_forever(rx, pace, RateLimiter::new(bounds));
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+impl Heart {
+    /// Services that already run when the agent starts: their configuration is copied once
+    /// they have run `stable` (at once when they have).
+    fn schedule_running_services(&mut self) {
+        let Ok(reply) = perceive::control(&Request::Status { name: None }) else { return };
+        for s in reply.services.unwrap_or_default() {
+            if s.state == State::Running {
+                let left = self.stable.saturating_sub(Duration::from_secs_f64(s.uptime_s.unwrap_or(0.0)));
+                self.snapshots.push((Instant::now() + left, s.name, s.pid));
+            }
+        }
+    }
+
+    fn beat_forever(&mut self, rx: Receiver<Input>, mut pace: Pace, mut beats: RateLimiter) {
+        let mut waiting: Vec<Input> = Vec::new();
+        let mut last_beat: Option<Instant> = None;
+        loop {
+            let next_timer = self.snapshots.iter().map(|(due, ..)| due.saturating_duration_since(Instant::now())).min();
+            let wait = next_timer.map_or(pace.current(), |t| t.min(pace.current()));
+            if waiting.is_empty() {
+                match rx.recv_timeout(wait) {
+                    Ok(input) => waiting.push(input),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            // Never faster than the fastest pace, nor than the constitution's beats per minute.
+            if let Some(t) = last_beat {
+                let since = t.elapsed();
+                if since < pace.min {
+                    std::thread::sleep(pace.min - since);
+                }
+            }
+            if let Err(exceeded) = beats.try_acquire(Resource::Beats, 1) {
+                std::thread::sleep(exceeded.retry_after.min(Duration::from_secs(1)));
+                continue;
+            }
+            let started = Instant::now();
+            last_beat = Some(started);
+            while waiting.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(i) => waiting.push(i),
+                    Err(_) => break,
+                }
+            }
+            let seen = self.beat(std::mem::take(&mut waiting));
+            let interval = pace.after_beat(seen, self.attention.backlog());
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            let mut s = self.sh.stats();
+            s.beats += 1;
+            s.last_beat_ms = (ms * 100.0).round() / 100.0;
+            s.max_beat_ms = s.max_beat_ms.max(s.last_beat_ms);
+            s.interval_ms = interval.as_millis() as u64;
+            s.suppressed = self.attention.suppressed;
+            s.dropped = self.attention.dropped;
+            s.waiting_for_approval = self.parked.len() as u64;
+            s.share_without_model = if s.decisions == 0 { 1.0 } else { s.decisions_by_rule as f64 / s.decisions as f64 };
+        }
+    }
+
+    /// One beat: perceive, remember, deliberate, act, verify, learn. Returns the observations
+    /// it attended to.
+    fn beat(&mut self, inputs: Vec<Input>) -> usize {
+        let mut resolved = Vec::new();
+        for input in inputs {
+            match input {
+                Input::Event(e) => {
+                    if let Some(service) = &e.service {
+                        match e.kind {
+                            EventKind::Ready => self.snapshots.push((Instant::now() + self.stable, service.clone(), e.pid)),
+                            EventKind::Exited | EventKind::CrashLoop | EventKind::Stopped | EventKind::Oom => self.snapshots.retain(|(_, s, _)| s != service),
+                            _ => {}
+                        }
+                    }
+                    if let Some(o) = from_event(&e) {
+                        self.attention.offer(o);
+                    }
+                }
+                Input::Obs(o) => {
+                    self.attention.offer(o);
+                }
+                Input::Resolved { request_id, outcome } => resolved.push((request_id, outcome)),
+            }
+        }
+        self.attention.close_windows(now_ms());
+        let batch = self.attention.take(32);
+        let seen = batch.len();
+        for o in batch {
+            self.attend(o);
+        }
+        for (id, outcome) in resolved {
+            self.resume(&id, outcome);
+        }
+        self.expire_approvals();
+        self.take_due_snapshots();
+        self.check_goals();
+        seen
+    }
+
+    fn attend(&mut self, o: Observation) {
+        self.sh.stats().observations += 1;
+        let details = json!({ "source": o.source.as_str(), "kind": o.kind, "data": o.data });
+        let who = o.service.clone().unwrap_or_else(|| o.source.as_str().to_string());
+        let obs_id = remember(&self.sh.memory, Episode::new(EpisodeKind::Observation, who, &o.text).at(o.ts_ms as i64).salience(o.salience).details(details), None);
+        let subject = subject_of(&o);
+        let now = now_ms();
+        let guard = &self.guard;
+        let parked = &self.parked;
+        let mut escalated = None;
+        let decision = self.rules.decide_where(&o, |r| match guard.check(&r.name, &subject, r.cooldown_s * 1000, now) {
+            // One run per rule and subject at a time: not again while one waits for approval.
+            Verdict::Act => !parked.values().any(|p| p.decision.rule == r.name && subject_of(&p.obs) == subject),
+            Verdict::Escalated { failures } => {
+                escalated.get_or_insert((r.name.clone(), failures));
+                false
+            }
+            Verdict::CoolingDown { .. } => false,
+        });
+        let Some(d) = decision else {
+            if let Some((rule, failures)) = escalated {
+                remember(&self.sh.memory, Episode::new(EpisodeKind::Note, subject.clone(), format!("rule {rule} is held back for {subject:?} after {failures} failed repairs; waiting for the operator: {}", o.text)).salience(0.9), obs_id);
+            } else if o.salience >= 0.8 {
+                self.sh.stats().unhandled += 1;
+                remember(&self.sh.memory, Episode::new(EpisodeKind::Note, subject, format!("no rule covers: {}", o.text)).salience(0.6), obs_id);
+            }
+            return;
+        };
+        let memory_ids: Vec<String> = obs_id.iter().map(|i| i.to_string()).collect();
+        {
+            let mut s = self.sh.stats();
+            s.decisions += 1;
+            s.decisions_by_rule += 1;
+        }
+        let text = format!("rule {} chose playbook {} for: {}", d.rule, d.playbook, o.text);
+        let data = json!({ "layer": "rule", "rule": d.rule, "playbook": d.playbook, "subject": subject, "steps": d.steps.iter().map(|s| json!({"tool": s.tool, "args": s.args})).collect::<Vec<_>>() });
+        let decision_id = remember(&self.sh.memory, Episode::new(EpisodeKind::Decision, subject.clone(), &text).playbook(&d.playbook).salience(0.7).details(data.clone()), obs_id);
+        let why = Why { rule: Some(d.rule.clone()), layer: Some("rule".into()), memory_ids: memory_ids.clone(), text: o.text.clone() };
+        if let Err(e) = self.sh.gate.audit().append(Entry::decision("agent", &text, data, why)) {
+            self.sh.stats().errors += 1;
+            eprintln!("ghost agent: audit: {e}; the playbook is not run");
+            return;
+        }
+        let end = run_playbook(&self.sh, &d, &o, &memory_ids, 0, decision_id);
+        self.finish(d, o, memory_ids, decision_id, end);
+    }
+
+    /// Records how a playbook run ended, and learns from it.
+    fn finish(&mut self, d: Decision, o: Observation, memory_ids: Vec<String>, decision_id: Option<i64>, end: End) {
+        let subject = subject_of(&o);
+        let now = now_ms();
+        let (verified, text) = match &end {
+            End::Parked { id, step } => {
+                let text = format!("playbook {} waits for the operator: ghostctl approve {id}", d.playbook);
+                remember(&self.sh.memory, Episode::new(EpisodeKind::Note, subject, &text).playbook(&d.playbook).salience(0.9), decision_id);
+                self.parked.insert(id.clone(), Parked { step: *step, decision: d, obs: o, memory_ids, decision_id });
+                return;
+            }
+            End::Skipped(why) => {
+                self.sh.stats().skipped += 1;
+                remember(&self.sh.memory, Episode::new(EpisodeKind::Outcome, subject, format!("playbook {} not needed: {why}", d.playbook)).playbook(&d.playbook).salience(0.3), decision_id);
+                return;
+            }
+            End::Verified { checks } => (true, format!("playbook {} repaired {subject}: verified after {checks} checks", d.playbook)),
+            End::Failed(why) => (false, format!("playbook {} did not repair {subject}: {why}", d.playbook)),
+        };
+        let total_ms = now.saturating_sub(o.ts_ms);
+        {
+            let mut s = self.sh.stats();
+            if verified {
+                s.repairs_verified += 1;
+                s.repair_ms.push(total_ms);
+                if s.repair_ms.len() > 200 {
+                    s.repair_ms.remove(0);
+                }
+            } else {
+                s.repairs_failed += 1;
+            }
+        }
+        let escalate = self.guard.record(&d.rule, &subject, now, verified);
+        if let Err(e) = self.sh.memory.record_outcome(&d.playbook, verified) {
+            eprintln!("ghost agent: memory: {e}");
+        }
+        let data = json!({ "rule": d.rule, "playbook": d.playbook, "subject": subject, "verified": verified, "ms_since_observed": total_ms });
+        remember(&self.sh.memory, Episode::new(EpisodeKind::Outcome, subject.clone(), &text).playbook(&d.playbook).salience(if verified { 0.5 } else { 0.9 }).details(data.clone()), decision_id);
+        let why = Why { rule: Some(d.rule.clone()), layer: Some("rule".into()), memory_ids, text: o.text.clone() };
+        if let Err(e) = self.sh.gate.audit().append(Entry::decision("agent", &text, data, why)) {
+            self.sh.stats().errors += 1;
+            eprintln!("ghost agent: audit: {e}");
+        }
+        if escalate {
+            self.sh.stats().escalations += 1;
+            let text = format!("ESCALATION: rule {} failed {} times in a row on {subject}; it stops acting there until the operator steps in", d.rule, self.max_failures);
+            eprintln!("ghost agent: {text}");
+            remember(&self.sh.memory, Episode::new(EpisodeKind::Note, subject, &text).salience(1.0), decision_id);
+        }
+    }
+
+    fn resume(&mut self, id: &str, outcome: Result<Handled, String>) {
+        let Some(p) = self.parked.remove(id) else { return };
+        let end = match outcome {
+            Ok(Handled::Ran { result, .. }) if result.is_ok() => {
+                self.sh.stats().actions += 1;
+                run_playbook(&self.sh, &p.decision, &p.obs, &p.memory_ids, p.step, p.decision_id)
+            }
+            Ok(Handled::Ran { result, .. }) => End::Failed(format!("the approved call failed: {}", result.to_json()["message"])),
+            Ok(other) => End::Failed(format!("the call was not run after approval: {}", other.to_json())),
+            Err(why) => End::Failed(why),
+        };
+        self.finish(p.decision, p.obs, p.memory_ids, p.decision_id, end);
+    }
+
+    fn expire_approvals(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        if let Ok(expired) = self.sh.gate.expire() {
+            for id in expired {
+                self.resume(&id, Err("no operator answered in time".into()));
+            }
+        }
+    }
+
+    fn take_due_snapshots(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.snapshots).into_iter().partition(|(t, ..)| *t <= now);
+        self.snapshots = later;
+        for (_, service, pid) in due {
+            let Ok(reply) = perceive::control(&Request::Status { name: Some(service.clone()) }) else { continue };
+            let Some(s) = reply.services.and_then(|mut v| v.pop()) else { continue };
+            if s.state != State::Running || (pid.is_some() && s.pid != pid) {
+                continue;
+            }
+            match self.known_good.snapshot(&service) {
+                Ok(true) => {
+                    remember(&self.sh.memory, Episode::new(EpisodeKind::Note, service.clone(), format!("{service} ran with its current configuration; kept as the one to roll back to")).salience(0.2), None);
+                }
+                Ok(false) => {}
+                Err(e) => eprintln!("ghost agent: keeping the configuration of {service}: {e}"),
+            }
+        }
+    }
+
+    fn check_goals(&mut self) {
+        if self.last_goal_check.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last_goal_check = Instant::now();
+        let mut status: Option<Vec<ghost_proto::ServiceStatus>> = None;
+        let root = self.sh.root.clone();
+        let changed = self.sh.goals.lock().unwrap_or_else(|p| p.into_inner()).check(now_ms(), |c| {
+            let mut services = || -> Option<Vec<ghost_proto::ServiceStatus>> {
+                if status.is_none() {
+                    status = perceive::control(&Request::Status { name: None }).ok().and_then(|r| r.services);
+                }
+                status.clone()
+            };
+            match c {
+                goals::Check::ServiceRunning(n) => services().map(|all| all.iter().any(|s| &s.name == n && s.state == State::Running)),
+                goals::Check::ServicesRunning => services().map(|all| all.iter().all(|s| !matches!(s.state, State::CrashLoop | State::Backoff | State::Blocked))),
+                goals::Check::DiskBelow(p, pct) => perceive::disk_used_percent(&root.path(p)).map(|v| v < *pct),
+            }
+        });
+        for (id, text, holds) in changed {
+            let line = format!("goal {id} ({text}) {}", if holds { "holds" } else { "does not hold" });
+            remember(&self.sh.memory, Episode::new(EpisodeKind::Note, "goals", line).goal(id).salience(if holds { 0.3 } else { 0.7 }), None);
+        }
+    }
+}
+
+impl Drop for Heart {
+    fn drop(&mut self) {
+        let _ = self.sh.memory.flush();
+    }
+}

@@ -1,0 +1,191 @@
+//! The agent's senses, each a thread feeding the heartbeat: ghost-init's event stream, the
+//! services' log lines that some log rule's pattern matches, and a sampler of disks, memory
+//! and each service's memory against the thresholds the rules watch.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ghost_agent::perceive::MetricWatch;
+use ghost_agent::{Observation, Source};
+use ghost_proto::{Event, Request, StreamItem};
+use ghostctl::client::{socket_path_from_env, Connection, Endpoint};
+use regex::Regex;
+use serde_json::{json, Map, Value};
+
+/// What the senses hand the heartbeat.
+pub enum Input {
+    /// A supervisor event, as it came (the heartbeat also schedules configuration copies).
+    Event(Event),
+    Obs(Observation),
+    /// An operator resolved a call a playbook waits for: approved (and run) or not.
+    Resolved { request_id: String, outcome: Result<ghost_audit::gate::Handled, String> },
+}
+
+/// ghost-init's control socket (GHOST_SOCKET, or under GHOST_ROOT).
+pub fn control(req: &Request) -> Result<ghost_proto::Reply, String> {
+    let socket = socket_path_from_env(Endpoint::Control, None);
+    let mut c = Connection::open(&socket).map_err(failure)?;
+    c.request(req).map_err(failure)
+}
+
+pub fn failure(f: ghostctl::failure::Failure) -> String {
+    use ghostctl::failure::Failure;
+    match f {
+        Failure::Daemon(s) | Failure::Unreachable(s) => s,
+        other => format!("{other:?}"),
+    }
+}
+
+/// Follows a stream request (`events`, `logs -f`) for as long as the agent runs, connecting
+/// again (100 ms, doubling to 2 s) when ghost-init closes it.
+fn follow(what: &'static str, req: Request, stop: Arc<AtomicBool>, mut each: impl FnMut(StreamItem) -> bool + Send + 'static) {
+    std::thread::Builder::new()
+        .name(format!("agent-{what}"))
+        .spawn(move || {
+            let mut delay = Duration::from_millis(100);
+            while !stop.load(Ordering::Relaxed) {
+                let socket = socket_path_from_env(Endpoint::Control, None);
+                match Connection::open(&socket).and_then(|mut c| c.request(&req).map(|_| c)) {
+                    Ok(mut c) => {
+                        delay = Duration::from_millis(100);
+                        while let Ok(Some(item)) = c.next_item() {
+                            if !each(item) || stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => eprintln!("ghost agent: {what}: {}; trying again in {} ms", failure(e), delay.as_millis()),
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        })
+        .expect("spawn a perception thread");
+}
+
+pub fn spawn_events(tx: Sender<Input>, stop: Arc<AtomicBool>) {
+    follow("events", Request::Events, stop, move |item| match item {
+        StreamItem::Event(e) => tx.send(Input::Event(e)).is_ok(),
+        _ => true,
+    });
+}
+
+/// Log lines matched against the log rules' patterns; a match is an observation whose data
+/// holds the pattern's named groups (digits as numbers: `(?P<port>\d+)` gives a port).
+pub fn spawn_logs(patterns: Vec<Regex>, tx: Sender<Input>, stop: Arc<AtomicBool>) {
+    if patterns.is_empty() {
+        return;
+    }
+    let req = Request::Logs { name: None, lines: Some(0), follow: true };
+    follow("logs", req, stop, move |item| {
+        let StreamItem::Log(line) = item else { return true };
+        for re in &patterns {
+            if let Some(caps) = re.captures(&line.text) {
+                let mut data = Map::new();
+                for name in re.capture_names().flatten() {
+                    if let Some(m) = caps.name(name) {
+                        let v = m.as_str().parse::<u64>().map(Value::from).unwrap_or_else(|_| Value::from(m.as_str()));
+                        data.insert(name.to_string(), v);
+                    }
+                }
+                let o = Observation::new(Source::Log, "line", &format!("{}: {}", line.service, line.text), line.ts_ms)
+                    .service(&line.service)
+                    .salience(0.7)
+                    .data(Value::Object(data));
+                return tx.send(Input::Obs(o)).is_ok();
+            }
+        }
+        true
+    });
+}
+
+/// `disk.used_percent` of the filesystem holding `path`, as df counts it (blocks in use over
+/// blocks in use plus those available to users).
+pub fn disk_used_percent(path: &Path) -> Option<f64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: an all-zero statvfs is valid; the path is NUL-terminated.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers for the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    let used = (s.f_blocks - s.f_bfree) as f64;
+    let total = used + s.f_bavail as f64;
+    (total > 0.0).then(|| (used / total * 1000.0).round() / 10.0)
+}
+
+fn st_dev(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.dev())
+}
+
+/// `memory.used_percent` of the machine (MemAvailable against MemTotal).
+pub fn memory_used_percent() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| text.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse::<f64>().ok();
+    let (total, avail) = (field("MemTotal:")?, field("MemAvailable:")?);
+    Some(((total - avail) / total * 1000.0).round() / 10.0)
+}
+
+/// The resident memory of each service, MiB.
+pub fn services_memory_mb() -> Vec<(String, f64)> {
+    let Ok(reply) = control(&Request::Status { name: None }) else { return Vec::new() };
+    reply.services.unwrap_or_default().into_iter().filter_map(|s| Some((s.name, s.memory_bytes? as f64 / (1024.0 * 1024.0)))).collect()
+}
+
+/// One fresh sample of `metric` for `subject` (what a playbook's metric check reads).
+pub fn sample(metric: &str, subject: &str) -> Option<f64> {
+    match metric {
+        "disk.used_percent" => disk_used_percent(Path::new(subject)),
+        "memory.used_percent" => memory_used_percent(),
+        "service.memory_mb" => services_memory_mb().into_iter().find(|(n, _)| n == subject).map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+/// The metrics every `interval`; only crossings become observations.
+pub fn spawn_sampler(mut watch: MetricWatch, disks: Vec<PathBuf>, service_memory: bool, interval: Duration, tx: Sender<Input>, stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("agent-metrics".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let now = crate::agent_cmd::known_good::now_ms();
+                let mut out = Vec::new();
+                let mut seen = Vec::new();
+                for d in &disks {
+                    let Some(dev) = st_dev(d) else { continue };
+                    if seen.contains(&dev) {
+                        continue;
+                    }
+                    seen.push(dev);
+                    if let Some(v) = disk_used_percent(d) {
+                        out.extend(watch.sample("disk.used_percent", &d.display().to_string(), v, now));
+                    }
+                }
+                if let Some(v) = memory_used_percent() {
+                    out.extend(watch.sample("memory.used_percent", "", v, now));
+                }
+                if service_memory {
+                    for (name, mb) in services_memory_mb() {
+                        out.extend(watch.sample("service.memory_mb", &name, mb, now).into_iter().map(|o| o.service(&name)));
+                    }
+                }
+                for o in out {
+                    if tx.send(Input::Obs(o)).is_err() {
+                        return;
+                    }
+                }
+                std::thread::sleep(interval);
+            }
+        })
+        .expect("spawn the metrics sampler");
+}
+
+/// An operator's message as an observation.
+pub fn operator_message(text: &str) -> Observation {
+    Observation::new(Source::Operator, "message", text, crate::agent_cmd::known_good::now_ms()).salience(0.9).data(json!({ "text": text }))
+}

@@ -1,0 +1,205 @@
+//! The agent's socket: one thread per connection (at most 16 at once), one JSON request per
+//! line, one reply per line (ghost_proto::agent). Only root and the agent's own user get in.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ghost_audit::audit::Why;
+use ghost_audit::gate::CallRequest;
+use ghost_audit::tools::ToolCall;
+use ghost_memory::{EpisodeFilter, EpisodeKind, StoredEpisode};
+use ghost_proto::agent::{parse_agent_request, AgentReply, AgentRequest};
+use ghost_proto::{to_line, MAX_LINE};
+use serde_json::{json, Value};
+
+use super::known_good::now_ms;
+use super::perceive::{operator_message, Input};
+use super::Shared;
+
+const MAX_CLIENTS: usize = 16;
+
+pub fn serve(sh: Arc<Shared>, path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // A socket left by an agent that is gone; a live one answers and is left alone.
+    if UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another agent answers on this socket"));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let clients = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new().name("agent-socket".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            if !admitted(&stream) {
+                continue;
+            }
+            if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                clients.fetch_sub(1, Ordering::SeqCst);
+                let _ = (&stream).write_all(to_line(&AgentReply::error(format!("too many clients (at most {MAX_CLIENTS})"))).as_bytes());
+                continue;
+            }
+            let (sh, clients) = (sh.clone(), clients.clone());
+            let spawned = std::thread::Builder::new().name("agent-client".into()).spawn(move || {
+                client(&sh, stream);
+                clients.fetch_sub(1, Ordering::SeqCst);
+            });
+            if spawned.is_err() {
+                eprintln!("ghost agent: socket: cannot start a client thread");
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// The peer's uid is root's or ours.
+fn admitted(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of the size given.
+    let r = unsafe { libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len) };
+    // SAFETY: getuid cannot fail.
+    r == 0 && (cred.uid == 0 || cred.uid == unsafe { libc::getuid() })
+}
+
+fn peer_uid(stream: &UnixStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: as in `admitted`.
+    unsafe { libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len) };
+    cred.uid
+}
+
+fn client(sh: &Shared, stream: UnixStream) {
+    let who = format!("operator (uid {})", peer_uid(&stream));
+    let Ok(mut writer) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        match (&mut reader).take(MAX_LINE as u64 + 1).read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let reply = if line.len() > MAX_LINE {
+            AgentReply::error(format!("request longer than {MAX_LINE} bytes"))
+        } else {
+            match parse_agent_request(line.trim_end()) {
+                Ok(req) => answer(sh, req, &who).unwrap_or_else(AgentReply::error),
+                Err(e) => AgentReply::error(e),
+            }
+        };
+        if writer.write_all(to_line(&reply).as_bytes()).is_err() || line.len() > MAX_LINE {
+            return;
+        }
+    }
+}
+
+fn episode_json(e: &StoredEpisode) -> Value {
+    json!({ "id": e.id.to_string(), "time_ms": e.episode.time_ms, "kind": e.episode.kind, "source": e.episode.source, "text": e.episode.text })
+}
+
+fn answer(sh: &Shared, req: AgentRequest, who: &str) -> Result<AgentReply, String> {
+    let ok = |v: Value| Ok(AgentReply::ok(v));
+    match req {
+        AgentRequest::Status => ok(sh.status_json()),
+        AgentRequest::ToolCall { tool, args, why, dry_run } => {
+            if why.trim().is_empty() {
+                return Err("why: say why the call is made (it goes into the audit trail)".into());
+            }
+            let call = ToolCall::new(tool, args, why.clone());
+            let why = Why { rule: None, layer: Some("operator".into()), memory_ids: vec![], text: why };
+            let handled = sh.gate.handle(CallRequest { call, actor: who.to_string(), why, dry_run }).map_err(|e| e.to_string())?;
+            ok(handled.to_json())
+        }
+        AgentRequest::Pending => ok(serde_json::to_value(sh.gate.approvals().pending()).map_err(|e| e.to_string())?),
+        AgentRequest::Approve { id } => {
+            let handled = sh.gate.approve(&id, who).map_err(|e| e.to_string())?;
+            let v = handled.to_json();
+            sh.send(Input::Resolved { request_id: id, outcome: Ok(handled) });
+            ok(v)
+        }
+        AgentRequest::Deny { id, reason } => {
+            let reason = if reason.is_empty() { "denied by the operator".to_string() } else { reason };
+            let seq = sh.gate.deny(&id, who, &reason).map_err(|e| e.to_string())?;
+            sh.send(Input::Resolved { request_id: id.clone(), outcome: Err(format!("the operator denied it: {reason}")) });
+            ok(json!({ "id": id, "denied": true, "audit_seq": seq }))
+        }
+        AgentRequest::AuditVerify => {
+            let report = ghost_audit::audit::verify(&sh.audit_dir, &sh.public_key).map_err(|e| e.to_string())?;
+            let problems: Vec<Value> = report.problems.iter().map(|p| json!({ "seq": p.seq, "problem": p.to_string() })).collect();
+            ok(json!({ "intact": report.ok(), "records": report.records, "last_seq": report.last_seq, "problems": problems, "warnings": report.warnings }))
+        }
+        AgentRequest::MemorySearch { query, limit } => {
+            let found = sh.memory.search(&query, limit.unwrap_or(10).clamp(1, 100)).map_err(|e| e.to_string())?;
+            let hits: Vec<Value> = found
+                .hits
+                .iter()
+                .map(|h| {
+                    let mut v = episode_json(&h.episode);
+                    v["score"] = json!((h.score * 1000.0).round() / 1000.0);
+                    v
+                })
+                .collect();
+            ok(Value::Array(hits))
+        }
+        AgentRequest::Decisions { limit } => {
+            let f = EpisodeFilter { kinds: vec![EpisodeKind::Decision], limit: limit.unwrap_or(20).clamp(1, 1000), ..EpisodeFilter::default() };
+            let found = sh.memory.query(&f).map_err(|e| e.to_string())?;
+            let rows: Vec<Value> = found
+                .iter()
+                .map(|e| {
+                    let d = &e.episode.details;
+                    let mut v = episode_json(e);
+                    v["layer"] = d.get("layer").cloned().unwrap_or(Value::Null);
+                    v["rule"] = d.get("rule").cloned().unwrap_or(Value::Null);
+                    v["playbook"] = json!(e.episode.links.playbook);
+                    v["outcome"] = outcome_of(sh, e.id);
+                    v
+                })
+                .collect();
+            ok(Value::Array(rows))
+        }
+        AgentRequest::Why { id } => {
+            let id: i64 = id.trim().parse().map_err(|_| format!("id: {id:?} is not a memory id (a number, as `ghostctl decisions` shows)"))?;
+            let chain = sh.memory.chain(id).map_err(|e| e.to_string())?;
+            if chain.is_empty() {
+                return Err(format!("no memory {id}"));
+            }
+            ok(Value::Array(chain.iter().map(episode_json).collect()))
+        }
+        AgentRequest::Goals => {
+            let g = sh.goals.lock().unwrap_or_else(|p| p.into_inner());
+            ok(serde_json::to_value(&g.goals).map_err(|e| e.to_string())?)
+        }
+        AgentRequest::GoalAdd { text, priority, check, parent } => {
+            let id = sh.goals.lock().unwrap_or_else(|p| p.into_inner()).add(&text, priority.unwrap_or(50), check, parent, now_ms())?;
+            ok(json!({ "id": id }))
+        }
+        AgentRequest::GoalDrop { id, reason } => {
+            sh.goals.lock().unwrap_or_else(|p| p.into_inner()).drop_goal(&id, &reason, now_ms())?;
+            ok(json!({ "id": id, "dropped": true }))
+        }
+        AgentRequest::Message { text } => {
+            if text.trim().is_empty() {
+                return Err("text: the message is empty".into());
+            }
+            sh.send(Input::Obs(operator_message(&text)));
+            ok(json!({ "received": true }))
+        }
+    }
+}
+
+/// The outcome recorded for a decision: the newest outcome episode it caused.
+fn outcome_of(sh: &Shared, decision: i64) -> Value {
+    match sh.memory.chain(decision) {
+        Ok(chain) => chain.iter().rev().find(|e| e.episode.kind == EpisodeKind::Outcome).map(|e| json!(e.episode.text)).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
