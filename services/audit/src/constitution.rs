@@ -24,7 +24,8 @@
 //!
 //! Paranoid allow-list entries are `TOOL` (every call of it) or `TOOL:PREFIX`: for
 //! `shell.exec` the normalised command must start with PREFIX at a word boundary, for the
-//! fs.*/log.tail tools the path must lie under PREFIX, for service.* the name must equal it.
+//! fs.*/log.tail/disk.cleanup tools the path must lie under PREFIX, for service.* the name
+//! must equal it, for net.free_port the port.
 
 use crate::policy::Mode;
 use crate::tools::BUILTIN_TOOLS;

@@ -8,7 +8,8 @@
 //! 2. `trusted`: **allow**;
 //! 3. a deny pattern — a destructive shell command (see [`shell`]), a write under a protected
 //!    path (/boot, the ESP, block devices, the audit trail, the agent key, the constitution's
-//!    `protected_paths`), signalling PID 1: **deny**;
+//!    `protected_paths`), signalling PID 1, disk.cleanup of anything but a temporary or the
+//!    service log directory: **deny**;
 //! 4. `paranoid`: **allow** what the allow-list names, **deny** the rest;
 //! 5. `normal`: **ask** for risky calls (risk high or critical, or medium and irreversible),
 //!    **allow** the rest;
@@ -184,6 +185,19 @@ pub fn deny_pattern(tool: &str, args: &Value, protected: &[String]) -> Option<sh
             (p.ends_with("/agent/agent.key") || p == "/etc/shadow")
                 .then(|| shell::Hit { rule: "read-secret", reason: format!("{p} holds a secret") })
         }
+        "disk.cleanup" => {
+            let p = s("path")?;
+            if let Some(why) = paths::protected_write(p, protected) {
+                return Some(shell::Hit { rule: "write-protected", reason: format!("disk.cleanup of {p}: {why}") });
+            }
+            (!paths::cleanable(&paths::normalize(p))).then(|| shell::Hit {
+                rule: "cleanup-not-cleanable",
+                reason: format!(
+                    "args.path: {p} is not a cleanable directory ({}, or the same under the agent's root)",
+                    paths::CLEANABLE.join(", ")
+                ),
+            })
+        }
         "process.kill" => match args.get("pid").and_then(Value::as_i64) {
             Some(1) => Some(shell::Hit { rule: "kill-init", reason: "signalling PID 1 (the init)".into() }),
             Some(p) if p <= 0 => {
@@ -197,9 +211,9 @@ pub fn deny_pattern(tool: &str, args: &Value, protected: &[String]) -> Option<sh
 
 /// The paranoid allow-list entry that admits this call, if any. Entries are `TOOL` or
 /// `TOOL:PREFIX`: for shell.exec the call must be a single plain command (no pipes, lists,
-/// substitutions or redirections) whose words start with PREFIX's words; for fs.* and
-/// log.tail the path must lie under PREFIX; for service.* the name must equal it; for
-/// net.check the target must start with it.
+/// substitutions or redirections) whose words start with PREFIX's words; for fs.*, log.tail
+/// and disk.cleanup the path must lie under PREFIX; for service.* the name must equal it; for
+/// net.check the target must start with it; for net.free_port the port must be PREFIX.
 pub fn paranoid_match<'a>(tool: &str, args: &Value, allow: &'a [String]) -> Option<&'a str> {
     allow.iter().map(String::as_str).find(|entry| {
         let (t, prefix) = match entry.split_once(':') {
@@ -221,12 +235,15 @@ pub fn paranoid_match<'a>(tool: &str, args: &Value, allow: &'a [String]) -> Opti
                 let want: Vec<&str> = prefix.split_whitespace().collect();
                 words.is_some_and(|w| w.len() >= want.len() && w.iter().zip(&want).all(|(a, b)| a == b))
             }
-            "fs.read" | "fs.list" | "fs.write" | "log.tail" => match s("path") {
+            "fs.read" | "fs.list" | "fs.write" | "log.tail" | "disk.cleanup" => match s("path") {
                 Some(p) => paths::under(&paths::normalize(p), &paths::normalize(prefix)),
                 None => s("service") == Some(prefix),
             },
-            "service.status" | "service.start" | "service.stop" | "service.restart" => s("name") == Some(prefix),
+            "service.status" | "service.start" | "service.stop" | "service.restart" | "service.rollback" => {
+                s("name") == Some(prefix)
+            }
             "net.check" => s("target").is_some_and(|t| t.starts_with(prefix)),
+            "net.free_port" => args.get("port").and_then(Value::as_u64).is_some_and(|p| prefix.parse::<u64>() == Ok(p)),
             _ => false,
         }
     })

@@ -58,6 +58,17 @@ pub const PROTECTED: &[&str] = &[
     "/dev/mapper",
 ];
 
+/// The directories disk.cleanup may clean (the executor's defaults: its `cleanable_dirs` and
+/// its `log_dir`). The executor holds the exact list and checks it after resolving links; the
+/// policy judges the path as written by its shape.
+pub const CLEANABLE: &[&str] = &["/tmp", "/var/tmp", "/var/log/ghost"];
+
+/// Whether the normalised `path` is a cleanable directory: one of [`CLEANABLE`], or one of them
+/// under a root (`ROOT/tmp`, `ROOT/var/log/ghost`: the agent hosted under `--root ROOT`).
+pub fn cleanable(path: &str) -> bool {
+    CLEANABLE.iter().any(|c| path.ends_with(c))
+}
+
 /// Lexical normalisation: `//` and `/./` collapse, `..` climbs (never above `/`), a trailing
 /// `/` goes. Relative paths stay relative. `~` and `~/x` are kept as they are.
 pub fn normalize(path: &str) -> String {

@@ -290,3 +290,70 @@ fn decisions_print_as_ghostctl_json() {
     assert_eq!(j["rule"], "deny.rm-recursive-critical");
     assert_eq!(decide_in(Mode::Normal, &call("uptime")).to_json()["decision"], "ask");
 }
+
+#[test]
+fn self_healing_tools_are_judged_by_mode() {
+    let t = |tool: &str, args: Value| ToolCall::new(tool, args, "");
+    let rollback = t("service.rollback", json!({"name": "redis"}));
+    let cleanup = t("disk.cleanup", json!({"path": "/var/tmp", "older_than_s": 86400}));
+    let logs = t("disk.cleanup", json!({"path": "/var/log/ghost"}));
+    let free = t("net.free_port", json!({"port": 8080}));
+    for c in [&rollback, &cleanup, &logs] {
+        let d = decide_in(Mode::Normal, c);
+        assert_eq!((d.verdict, d.rule.as_str()), (Verdict::Allow, "mode.normal.low-risk"), "{}: {d:?}", c.tool);
+    }
+    let d = decide_in(Mode::Normal, &free);
+    assert_eq!((d.verdict, d.rule.as_str()), (Verdict::Ask, "mode.normal.risky"), "{d:?}");
+    assert!(d.reason.contains("high risk, irreversible"), "{}", d.reason);
+    assert_eq!(decide_in(Mode::Safe, &cleanup).verdict, Verdict::Allow);
+    assert_eq!(decide_in(Mode::Safe, &rollback).verdict, Verdict::Ask);
+    assert_eq!(decide_in(Mode::Safe, &free).verdict, Verdict::Ask);
+    for c in [&rollback, &cleanup, &free] {
+        let d = decide_in(Mode::Paranoid, c);
+        assert_eq!((d.verdict, d.rule.as_str()), (Verdict::Deny, "paranoid.not-listed"), "{}: {d:?}", c.tool);
+        assert_eq!(decide_in(Mode::Trusted, c).verdict, Verdict::Allow);
+    }
+    // On the allow-list: a name for service.rollback, a directory for disk.cleanup, a port for
+    // net.free_port.
+    let c = Constitution {
+        paranoid_allow: vec![
+            "service.rollback:redis".into(),
+            "disk.cleanup:/var/tmp".into(),
+            "net.free_port:8080".into(),
+        ],
+        ..Constitution::default()
+    };
+    let r = Registry::builtin();
+    let d = |call: &ToolCall| decide(call, Mode::Paranoid, &c, &r);
+    for call in [&rollback, &cleanup, &free] {
+        assert_eq!(d(call).rule, "paranoid.allow-list", "{}", call.tool);
+    }
+    assert_eq!(d(&t("service.rollback", json!({"name": "nginx"}))).verdict, Verdict::Deny);
+    assert_eq!(d(&t("disk.cleanup", json!({"path": "/tmp"}))).verdict, Verdict::Deny);
+    assert_eq!(d(&t("net.free_port", json!({"port": 80}))).verdict, Verdict::Deny);
+    // Every mode of the shipped constitution knows them.
+    let shipped = Constitution::default();
+    for tool in ["service.rollback", "disk.cleanup", "net.free_port"] {
+        assert!(shipped.allows_tool(tool), "{tool}");
+    }
+}
+
+#[test]
+fn disk_cleanup_of_a_directory_that_is_not_cleanable_is_denied_naming_the_field() {
+    let clean = |p: &str| ToolCall::new("disk.cleanup", json!({ "path": p }), "");
+    for p in ["/", "/etc", "/home", "/var/log", "/var/lib/ghost", "/tmp/../etc", "/srv/data", "/var/log/ghost/x"] {
+        for mode in [Mode::Normal, Mode::Safe, Mode::Paranoid] {
+            let d = decide_in(mode, &clean(p));
+            assert_eq!((d.verdict, d.rule.as_str()), (Verdict::Deny, "deny.cleanup-not-cleanable"), "{p}: {d:?}");
+            assert!(d.reason.starts_with(&format!("args.path: {p} is not a cleanable directory")), "{}", d.reason);
+        }
+    }
+    let d = decide_in(Mode::Normal, &clean("/boot/tmp"));
+    assert_eq!((d.verdict, d.rule.as_str()), (Verdict::Deny, "deny.write-protected"), "{d:?}");
+    for p in ["/tmp", "/tmp/", "/var/tmp", "//var/./log/ghost", "/run/ghost-hosted/root/var/log/ghost"] {
+        assert_eq!(decide_in(Mode::Normal, &clean(p)).verdict, Verdict::Allow, "{p}");
+    }
+    let d = decide_in(Mode::Normal, &clean("tmp"));
+    assert_eq!((d.verdict, d.rule.as_str()), (Verdict::Deny, "args.schema"));
+    assert!(d.reason.contains("args.path: expected an absolute path"), "{}", d.reason);
+}

@@ -6,6 +6,8 @@ use serde_json::{json, Value};
 pub const MAX_READ: u64 = 1 << 20;
 pub const MAX_WRITE_CHARS: u64 = 1 << 20;
 pub const MAX_PATH: u64 = 4096;
+/// The largest disk.cleanup `older_than_s`: ten years.
+pub const MAX_AGE_S: u64 = 10 * 365 * 86400;
 
 fn path_prop(what: &str) -> Value {
     json!({ "type": "string", "minLength": 1, "maxLength": MAX_PATH, "description": format!("{what} (absolute)") })
@@ -316,6 +318,19 @@ pub(super) fn specs() -> Vec<(ToolSpec, Option<ExtraCheck>)> {
                 "service.restart",
                 "Restart a supervised service.",
                 object(json!({ "name": service_name() }), &["name"]),
+                any_object.clone(),
+                P::ServiceControl,
+                Risk::Medium,
+                true,
+            ),
+            Some(service_check),
+        ),
+        (
+            // Reversible: the agent keeps the files it replaces.
+            spec(
+                "service.rollback",
+                "Restore the last configuration of a service that ran, and reload.",
+                object(json!({ "name": service_name() }), &["name"]),
                 any_object,
                 P::ServiceControl,
                 Risk::Medium,
@@ -479,6 +494,67 @@ pub(super) fn specs() -> Vec<(ToolSpec, Option<ExtraCheck>)> {
                 false,
             ),
             Some(shell_check),
+        ),
+        (
+            // Low risk: it removes only disposable files, and only in the executor's cleanable
+            // directories (anything else is refused naming `args.path`).
+            spec(
+                "disk.cleanup",
+                "Free disk space as systemd-tmpfiles does: remove files (and then empty subdirectories) older than older_than_s from a temporary directory (/tmp, /var/tmp), or rotated logs (NAME.log.1, NAME.log.2.gz, ...) from the service log directory (/var/log/ghost; the live NAME.log stays). Never follows symbolic links nor leaves the directory's filesystem. dry_run: report what would go, remove nothing.",
+                object(
+                    json!({
+                        "path": path_prop("the directory to clean: exactly one of the cleanable directories"),
+                        "older_than_s": { "type": "integer", "minimum": 0, "maximum": MAX_AGE_S, "default": 0, "description": "keep files modified less than this many seconds ago" },
+                        "dry_run": { "type": "boolean", "default": false },
+                    }),
+                    &["path"],
+                ),
+                object(
+                    json!({
+                        "path": { "type": "string" },
+                        "removed_files": { "type": "integer", "minimum": 0 },
+                        "removed_dirs": { "type": "integer", "minimum": 0 },
+                        "freed_bytes": { "type": "integer", "minimum": 0 },
+                        "kept_files": { "type": "integer", "minimum": 0 },
+                        "errors": { "type": "array", "items": { "type": "string" }, "maxItems": super::disk::MAX_ERRORS },
+                        "dry_run": { "type": "boolean" },
+                    }),
+                    &["path", "removed_files", "removed_dirs", "freed_bytes", "kept_files", "errors", "dry_run"],
+                ),
+                P::FsWrite,
+                Risk::Low,
+                false,
+            ),
+            Some(path_check),
+        ),
+        (
+            spec(
+                "net.free_port",
+                "Free a TCP port held by a stuck process: SIGCONT and SIGTERM to every process holding its listening socket, SIGKILL to those still holding it after grace_ms. Refuses (signalling nothing) when a holder is PID 1, the agent or one of its ancestors.",
+                object(
+                    json!({
+                        "port": { "type": "integer", "minimum": 1, "maximum": 65535 },
+                        "grace_ms": { "type": "integer", "minimum": 0, "maximum": super::net::MAX_GRACE_MS, "default": super::net::DEFAULT_GRACE_MS },
+                    }),
+                    &["port"],
+                ),
+                object(
+                    json!({
+                        "port": { "type": "integer" },
+                        "holders": { "type": "array", "items": object(json!({
+                            "pid": { "type": "integer" },
+                            "cmdline": { "type": "string" },
+                            "signal": { "enum": ["TERM", "KILL"] },
+                        }), &["pid", "cmdline", "signal"]) },
+                        "freed": { "type": "boolean" },
+                    }),
+                    &["port", "holders", "freed"],
+                ),
+                P::ProcessSignal,
+                Risk::High,
+                false,
+            ),
+            None,
         ),
     ]
 }

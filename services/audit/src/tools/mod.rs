@@ -12,6 +12,7 @@
 //! same `args.FIELD: reason` errors.
 
 mod builtin;
+mod disk;
 mod fs;
 mod logtail;
 mod metrics;
@@ -41,11 +42,14 @@ pub const BUILTIN_TOOLS: &[&str] = &[
     "service.start",
     "service.stop",
     "service.restart",
+    "service.rollback",
     "log.tail",
     "sys.metrics",
     "net.check",
     "memory.search",
     "shell.exec",
+    "disk.cleanup",
+    "net.free_port",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -402,6 +406,9 @@ pub enum ServiceAction {
     Start,
     Stop,
     Restart,
+    /// Restore the last configuration the service ran with (the agent keeps the files it
+    /// replaces), and reload.
+    Rollback,
 }
 
 /// One memory.search hit.
@@ -416,8 +423,8 @@ pub struct MemoryHit {
 /// memory.search to the memory crate. Calls come from a worker thread and may block; the
 /// executor's timeout bounds them.
 pub trait Delegate: Send + Sync {
-    /// service.status/start/stop/restart of service `name`: the control socket's answer (an
-    /// object), or why it failed.
+    /// service.status/start/stop/restart/rollback of service `name`: the control socket's
+    /// answer (an object), or why it failed.
     fn service(&self, action: ServiceAction, name: &str) -> Result<Value, String>;
     /// The best `limit` memories for `query`.
     fn memory_search(&self, query: &str, limit: usize) -> Result<Vec<MemoryHit>, String>;
@@ -433,6 +440,9 @@ pub struct ExecConfig {
     /// Protected paths beyond the built-in ones (the constitution's `protected_paths`);
     /// fs.write checks them again after resolving symbolic links.
     pub protected_paths: Vec<String>,
+    /// The directories disk.cleanup may empty of old files (`/tmp`, `/var/tmp`); `log_dir` is
+    /// cleanable too, of rotated logs only.
+    pub cleanable_dirs: Vec<PathBuf>,
     pub shell: ShellLimits,
 }
 
@@ -442,6 +452,7 @@ impl Default for ExecConfig {
             default_timeout: Duration::from_secs(10),
             log_dir: PathBuf::from("/var/log/ghost"),
             protected_paths: Vec::new(),
+            cleanable_dirs: vec![PathBuf::from("/tmp"), PathBuf::from("/var/tmp")],
             shell: ShellLimits::default(),
         }
     }
@@ -479,6 +490,12 @@ impl Executor {
             "shell.exec" => Duration::from_secs(n("timeout_s").unwrap_or(shell::DEFAULT_TIMEOUT_S) + 5),
             "net.check" => Duration::from_millis(n("timeout_ms").unwrap_or(net::DEFAULT_TIMEOUT_MS) + 1000),
             "sys.metrics" => self.config.default_timeout + Duration::from_millis(n("cpu_sample_ms").unwrap_or(0)),
+            // disk.cleanup stops walking at default_timeout by itself and reports what it did.
+            "disk.cleanup" => self.config.default_timeout + Duration::from_secs(2),
+            "net.free_port" => {
+                let grace = n("grace_ms").unwrap_or(net::DEFAULT_GRACE_MS).min(net::MAX_GRACE_MS);
+                self.config.default_timeout + Duration::from_millis(grace + net::KILL_WAIT_MS)
+            }
             _ => self.config.default_timeout,
         }
     }
@@ -538,9 +555,12 @@ impl Executor {
             "service.start" => service(ServiceAction::Start),
             "service.stop" => service(ServiceAction::Stop),
             "service.restart" => service(ServiceAction::Restart),
+            "service.rollback" => service(ServiceAction::Rollback),
             "log.tail" => logtail::tail(args, &self.config.log_dir).map_err(fail),
             "sys.metrics" => metrics::collect(args).map_err(fail),
             "net.check" => net::check(args).map_err(fail),
+            "net.free_port" => net::free_port(args).map_err(fail),
+            "disk.cleanup" => disk::cleanup(args, &self.config),
             "memory.search" => {
                 let q = args["query"].as_str().unwrap_or_default();
                 let limit = args.get("limit").and_then(Value::as_u64).unwrap_or(10) as usize;

@@ -41,7 +41,7 @@ pub fn status_uid(status: &str) -> Option<u32> {
         .and_then(|u| u.parse().ok())
 }
 
-fn cmdline(pid: i32) -> String {
+pub fn cmdline(pid: i32) -> String {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let mut s: String = String::from_utf8_lossy(&raw[..raw.len().min(4096)])
         .split('\0')

@@ -85,6 +85,14 @@ fn builtin_registry_has_every_tool_with_decodable_input_schemas() {
     assert_eq!(risk("fs.read"), Risk::Low);
     assert!(!r.get("process.kill").unwrap().reversible);
     assert_eq!(serde_json::to_value(r.get("fs.write").unwrap().permission).unwrap(), "fs.write");
+    let judged = |n: &str| {
+        let s = r.get(n).unwrap();
+        (serde_json::to_value(s.permission).unwrap(), s.risk, s.reversible)
+    };
+    assert_eq!(judged("service.rollback"), (json!("service.control"), Risk::Medium, true));
+    assert_eq!(judged("disk.cleanup"), (json!("fs.write"), Risk::Low, false));
+    assert_eq!(judged("net.free_port"), (json!("process.signal"), Risk::High, false));
+    assert_eq!(r.get("service.rollback").unwrap().input_schema, r.get("service.restart").unwrap().input_schema);
 }
 
 #[test]
@@ -123,6 +131,16 @@ fn bad_arguments_are_refused_with_the_field_named() {
         ("net.check", json!({"kind": "udp", "target": "x:1"}), "args.kind: expected one of tcp, http"),
         ("log.tail", json!({"path": "/x", "service": "y"}), "args.service: give `path` or `service`, not both"),
         ("service.restart", json!({"name": "../etc"}), "args.name: expected a service name"),
+        ("service.rollback", json!({"name": "../etc"}), "args.name: expected a service name"),
+        ("service.rollback", json!({}), "args.name: required field is missing"),
+        ("disk.cleanup", json!({"path": "tmp"}), "args.path: expected an absolute path"),
+        ("disk.cleanup", json!({"path": "/tmp", "older_than_s": -1}), "args.older_than_s: must be at least 0"),
+        ("disk.cleanup", json!({"path": "/tmp", "dry_run": 1}), "args.dry_run: expected a boolean, got an integer"),
+        ("disk.cleanup", json!({"path": "/tmp", "recursive": true}), "args.recursive: unknown field"),
+        ("net.free_port", json!({"port": 0}), "args.port: must be at least 1"),
+        ("net.free_port", json!({"port": 65536}), "args.port: must be at most 65535"),
+        ("net.free_port", json!({"port": "80"}), "args.port: expected an integer, got a string"),
+        ("net.free_port", json!({"port": 80, "grace_ms": 30001}), "args.grace_ms: must be at most 30000"),
         ("memory.search", json!({"query": ""}), "args.query: must be at least 1 characters long"),
         ("nope.nope", json!({}), "tool: unknown tool `nope.nope`"),
     ];
@@ -390,9 +408,14 @@ fn delegated_tools_and_the_call_timeout() {
     let bare = Executor::new(Arc::new(Registry::builtin()), config);
     let r = bare.call("service.status", &json!({"name": "redis"}));
     assert!(matches!(&r.outcome, Err(ToolError::Unavailable(_))), "{r:?}");
+    let r = bare.call("service.rollback", &json!({"name": "redis"}));
+    assert!(matches!(&r.outcome, Err(ToolError::Unavailable(m)) if m.contains("service.rollback")), "{r:?}");
     let x = bare.with_delegate(Arc::new(FakeAgent));
     let r = ok(x.call("service.restart", &json!({"name": "redis"})));
     assert_eq!((r["action"].as_str(), r["name"].as_str()), (Some("restart"), Some("redis")));
+    let r = ok(x.call("service.rollback", &json!({"name": "redis"})));
+    assert_eq!((r["action"].as_str(), r["name"].as_str()), (Some("rollback"), Some("redis")));
+
     let r = x.call("service.start", &json!({"name": "missing"}));
     assert!(matches!(&r.outcome, Err(ToolError::Failed(m)) if m.contains("no such service")));
     let m = ok(x.call("memory.search", &json!({"query": "redis crash", "limit": 5})));
@@ -404,4 +427,264 @@ fn delegated_tools_and_the_call_timeout() {
     assert!(r.duration >= Duration::from_millis(300));
     let j = r.to_json();
     assert_eq!((j["ok"].as_bool(), j["error"]["kind"].as_str()), (Some(false), Some("timed_out")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// disk.cleanup
+
+/// Sets the modification (and access) time of `p` itself, a symbolic link included, to `secs`
+/// seconds ago.
+fn age(p: &std::path::Path, secs: i64) {
+    use std::os::unix::ffi::OsStrExt;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let t = libc::timespec { tv_sec: now - secs, tv_nsec: 0 };
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    assert_eq!(r, 0, "utimensat {p:?}: {}", std::io::Error::last_os_error());
+}
+
+fn file(p: &std::path::Path, bytes: usize, secs_ago: i64) {
+    std::fs::write(p, vec![b'x'; bytes]).unwrap();
+    age(p, secs_ago);
+}
+
+/// A tempdir with `tmp/` (cleanable), `logs/` (the log directory) and `outside/` (neither,
+/// with a precious old file), and an executor configured so.
+struct CleanupWorld {
+    _base: tempfile::TempDir,
+    tmp: std::path::PathBuf,
+    logs: std::path::PathBuf,
+    outside: std::path::PathBuf,
+    x: Executor,
+}
+
+fn cleanup_world() -> CleanupWorld {
+    let base = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(base.path()).unwrap();
+    let (tmp, logs, outside) = (root.join("tmp"), root.join("logs"), root.join("outside"));
+    for d in [&tmp, &logs, &outside] {
+        std::fs::create_dir(d).unwrap();
+    }
+    file(&outside.join("precious"), 100, 86400);
+    let config = ExecConfig { cleanable_dirs: vec![tmp.clone()], log_dir: logs.clone(), ..ExecConfig::default() };
+    let x = Executor::new(Arc::new(Registry::builtin()), config);
+    CleanupWorld { _base: base, tmp, logs, outside, x }
+}
+
+fn counts(v: &Value) -> [u64; 4] {
+    ["removed_files", "removed_dirs", "freed_bytes", "kept_files"].map(|k| v[k].as_u64().unwrap())
+}
+
+#[test]
+fn disk_cleanup_removes_old_files_then_empty_old_dirs_and_keeps_new_ones() {
+    let w = cleanup_world();
+    let t = &w.tmp;
+    file(&t.join("old.bin"), 1000, 3600);
+    file(&t.join("new.txt"), 10, 0);
+    std::fs::create_dir(t.join("sub")).unwrap();
+    file(&t.join("sub/old2"), 500, 3600);
+    age(&t.join("sub"), 3600);
+    std::fs::create_dir(t.join("keepdir")).unwrap();
+    file(&t.join("keepdir/new"), 5, 0);
+    age(&t.join("keepdir"), 3600);
+    std::fs::create_dir(t.join("old-empty")).unwrap();
+    age(&t.join("old-empty"), 3600);
+    std::fs::create_dir(t.join("fresh-empty")).unwrap();
+    // Links to the outside: the links go, never what they point to.
+    std::os::unix::fs::symlink(w.outside.join("precious"), t.join("link")).unwrap();
+    age(&t.join("link"), 3600);
+    std::os::unix::fs::symlink(&w.outside, t.join("dirlink")).unwrap();
+    age(&t.join("dirlink"), 3600);
+    // A FIFO is no regular file: kept however old.
+    let fifo = std::ffi::CString::new(t.join("fifo").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    age(&t.join("fifo"), 3600);
+
+    let dry = ok(w.x.call("disk.cleanup", &json!({"path": t, "older_than_s": 600, "dry_run": true})));
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["path"], t.to_str().unwrap());
+    // old.bin, sub/old2, link, dirlink; sub, old-empty; 1000 + 500 bytes; new.txt, keepdir/new, fifo.
+    assert_eq!(counts(&dry), [4, 2, 1500, 3], "{dry}");
+    assert_eq!(dry["errors"], json!([]));
+    for p in ["old.bin", "sub/old2", "link", "dirlink", "old-empty"] {
+        assert!(t.join(p).symlink_metadata().is_ok(), "dry run removed {p}");
+    }
+
+    let real = ok(w.x.call("disk.cleanup", &json!({"path": t, "older_than_s": 600})));
+    assert_eq!((counts(&real), real["dry_run"].as_bool()), ([4, 2, 1500, 3], Some(false)), "{real}");
+    for p in ["old.bin", "sub", "link", "dirlink", "old-empty"] {
+        assert!(t.join(p).symlink_metadata().is_err(), "{p} survived");
+    }
+    for p in ["new.txt", "keepdir/new", "fresh-empty", "fifo"] {
+        assert!(t.join(p).symlink_metadata().is_ok(), "{p} was removed");
+    }
+    assert_eq!(std::fs::read(w.outside.join("precious")).unwrap().len(), 100, "the link's target is untouched");
+
+    // older_than_s 0: everything but the FIFO, and the directories left empty.
+    let all = ok(w.x.call("disk.cleanup", &json!({"path": t})));
+    assert_eq!(counts(&all), [2, 2, 15, 1], "{all}");
+    let left: Vec<String> =
+        std::fs::read_dir(t).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, ["fifo"]);
+    assert!(t.is_dir(), "the cleaned directory itself stays");
+}
+
+#[test]
+fn disk_cleanup_of_the_log_dir_removes_only_old_rotated_logs() {
+    let w = cleanup_world();
+    let l = &w.logs;
+    for (name, bytes, secs_ago) in [
+        ("redis.log", 100, 3600),
+        ("redis.log.1", 200, 3600),
+        ("redis.log.2.gz", 300, 3600),
+        ("nginx.log.10.zst", 50, 3600),
+        ("nginx.log.11.xz", 7, 3600),
+        ("redis.log.3", 1000, 0),
+        ("redis.log.old", 10, 3600),
+        ("notes.txt", 10, 3600),
+    ] {
+        file(&l.join(name), bytes, secs_ago);
+    }
+    std::fs::create_dir(l.join("app")).unwrap();
+    file(&l.join("app/app.log.1"), 40, 3600);
+    age(&l.join("app"), 3600);
+    std::os::unix::fs::symlink(w.outside.join("precious"), l.join("link.log.1")).unwrap();
+    age(&l.join("link.log.1"), 3600);
+
+    let r = ok(w.x.call("disk.cleanup", &json!({"path": l, "older_than_s": 60})));
+    // Gone: redis.log.1, redis.log.2.gz, nginx.log.10.zst, nginx.log.11.xz, app/app.log.1.
+    // Kept: redis.log, redis.log.3 (new), redis.log.old, notes.txt, link.log.1 (a link).
+    assert_eq!(counts(&r), [5, 0, 200 + 300 + 50 + 7 + 40, 5], "{r}");
+    let mut left: Vec<String> =
+        std::fs::read_dir(l).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["app", "link.log.1", "notes.txt", "redis.log", "redis.log.3", "redis.log.old"]);
+    assert!(std::fs::read_dir(l.join("app")).unwrap().next().is_none(), "app/ emptied, and kept");
+    assert!(w.outside.join("precious").exists());
+}
+
+#[test]
+fn disk_cleanup_refuses_anything_but_exactly_a_cleanable_dir() {
+    let w = cleanup_world();
+    std::os::unix::fs::symlink(&w.outside, w.tmp.join("escape")).unwrap();
+    std::fs::create_dir(w.tmp.join("sub")).unwrap();
+    let refused = |path: String, want: &str| {
+        let r = w.x.call("disk.cleanup", &json!({"path": path}));
+        match &r.outcome {
+            Err(ToolError::InvalidArgs(e)) => {
+                assert_eq!(e.field(), "args.path", "{path}: {e}");
+                assert!(e.to_string().contains(want), "{path}: {e}");
+            }
+            other => panic!("{path}: not refused: {other:?}"),
+        }
+    };
+    let outside = w.outside.display().to_string();
+    let tmp = w.tmp.display().to_string();
+    refused(format!("{tmp}/escape"), &format!("(it is {outside}) is not a cleanable directory"));
+    refused(format!("{tmp}/../outside"), "is not a cleanable directory");
+    refused(format!("{tmp}/sub"), "is not a cleanable directory");
+    refused(outside.clone(), &format!("cleanable directories: {tmp}, "));
+    refused("/etc".into(), "/etc is not a cleanable directory");
+    refused(format!("{tmp}/missing"), "No such file");
+    assert_eq!(std::fs::read(w.outside.join("precious")).unwrap().len(), 100);
+    // The default executor cleans /tmp and /var/tmp, not /etc.
+    let r = exec().call("disk.cleanup", &json!({"path": "/etc", "dry_run": true}));
+    assert!(matches!(&r.outcome, Err(ToolError::InvalidArgs(e)) if e.field() == "args.path"), "{r:?}");
+    // Another spelling of a cleanable directory is that directory.
+    let alias = w.outside.join("alias");
+    std::os::unix::fs::symlink(&w.tmp, &alias).unwrap();
+    let r = ok(w.x.call("disk.cleanup", &json!({"path": alias, "dry_run": true})));
+    assert_eq!(r["path"], tmp.as_str());
+    let r = ok(w.x.call("disk.cleanup", &json!({"path": format!("{tmp}/"), "dry_run": true})));
+    assert_eq!(r["path"], tmp.as_str());
+    assert!(w.tmp.join("escape").symlink_metadata().is_ok(), "dry runs remove nothing");
+}
+
+// ---------------------------------------------------------------------------------------------
+// net.free_port
+
+/// A `sleep 60` holding `listener`'s socket as its stdin; with `ignore_term`, SIGTERM is
+/// ignored (set before the exec, so in place when spawn returns).
+fn holder(listener: &TcpListener, ignore_term: bool) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let fd: std::os::fd::OwnedFd = listener.try_clone().unwrap().into();
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("60").stdin(std::process::Stdio::from(fd)).stdout(std::process::Stdio::null());
+    if ignore_term {
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGTERM, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    }
+    let child = cmd.spawn().unwrap();
+    drop(cmd); // our copy of the socket
+    child
+}
+
+/// Polls (bounded) until process `pid` is in `state` (`T`: stopped).
+fn wait_state(pid: u32, state: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| process::parse_stat(&s));
+        if now.as_ref().is_some_and(|p| p.state == state) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "pid {pid} never reached state {state}: {now:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn net_free_port_terms_then_kills_the_holders() {
+    use std::os::unix::process::ExitStatusExt;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut stopped = holder(&listener, false);
+    let mut stubborn = holder(&listener, true);
+    drop(listener);
+    // Stopped, it would not act on SIGTERM: the tool continues it first.
+    assert_eq!(unsafe { libc::kill(stopped.id() as i32, libc::SIGSTOP) }, 0);
+    wait_state(stopped.id(), "T");
+
+    let started = std::time::Instant::now();
+    let r = ok(exec().call("net.free_port", &json!({"port": port, "grace_ms": 400})));
+    let took = started.elapsed();
+    assert_eq!((r["port"].as_u64(), r["freed"].as_bool()), (Some(port as u64), Some(true)), "{r}");
+    let holders = r["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 2, "{r}");
+    let signal_of = |pid: u32| holders.iter().find(|h| h["pid"] == pid).map(|h| h["signal"].clone());
+    assert_eq!(signal_of(stopped.id()), Some(json!("TERM")), "{r}");
+    assert_eq!(signal_of(stubborn.id()), Some(json!("KILL")), "{r}");
+    assert!(holders.iter().all(|h| h["cmdline"] == "sleep 60"), "{r}");
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(stopped.wait().unwrap().signal(), Some(libc::SIGTERM));
+    assert_eq!(stubborn.wait().unwrap().signal(), Some(libc::SIGKILL));
+
+    // Nothing listens now: nothing to do.
+    let again = ok(exec().call("net.free_port", &json!({"port": port})));
+    assert_eq!(again, json!({"port": port, "holders": [], "freed": true}));
+}
+
+#[test]
+fn net_free_port_refuses_to_signal_the_agent_itself() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut other = holder(&listener, false);
+    let r = exec().call("net.free_port", &json!({"port": port, "grace_ms": 0}));
+    let me = std::process::id();
+    match &r.outcome {
+        Err(ToolError::Failed(m)) => {
+            assert!(m.contains(&format!("held by the agent itself (pid {me})")), "{m}");
+            assert!(m.contains("nothing was signalled"), "{m}");
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+    // Nothing was sent: the other holder runs on and the socket still accepts connections.
+    assert!(other.try_wait().unwrap().is_none());
+    std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    other.kill().unwrap();
+    other.wait().unwrap();
+    drop(listener);
 }
