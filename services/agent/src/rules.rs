@@ -795,8 +795,11 @@ verify = { metric = "disk.used_percent", subject = "{data.subject}", below = 85.
         let log = log.data(serde_json::json!({"port": 6380}));
         let d = s.decide(&log).unwrap();
         assert_eq!(d.steps[0].args, serde_json::json!({"port": 6380}));
-        let nginx = "2026/11/22 [emerg] 7#7: bind() to 0.0.0.0:8080 failed (98: Address already in use)";
-        assert!(s.rules().iter().any(|r| r.text_pattern().is_some_and(|p| p.is_match(nginx))));
+        let port_of = |line: &str| s.rules().iter().find_map(|r| r.text_pattern()?.captures(line)).map(|c| c["port"].to_string());
+        assert_eq!(port_of("2026/11/22 18:22:01 [emerg] 7#7: bind() to 0.0.0.0:8080 failed (98: Address already in use)").as_deref(), Some("8080"));
+        assert_eq!(port_of("4711:M 22 Nov 2026 18:22:01.5 # Warning: Could not create server TCP listening socket 127.0.0.1:36335: bind: Address already in use").as_deref(), Some("36335"));
+        assert_eq!(port_of("4711:M 22 Nov 2026 18:22:01.5 # Could not create server TCP listening socket *:6379: bind: Address already in use").as_deref(), Some("6379"));
+        assert_eq!(port_of("OSError: [Errno 98] Address already in use"), None);
         let d = s.decide(&Observation::new(Source::Supervisor, "crash-loop", "x", 1).service("web")).unwrap();
         assert_eq!(d.steps[1].tool, "service.rollback");
         assert!(d.steps[0].optional && !d.steps[1].optional);

@@ -8,7 +8,7 @@
 //! protected_paths = ["/boot", "/efi"]   # added to the built-in ones (/boot, /efi, /boot/efi, ...)
 //!
 //! [bounds]
-//! beats_per_minute = 12
+//! beats_per_minute = 1200
 //! model_tokens_per_hour = 200000
 //! actions_per_hour = 120
 //!
@@ -59,7 +59,7 @@ pub struct Bounds {
 
 impl Default for Bounds {
     fn default() -> Self {
-        Bounds { beats_per_minute: 12, model_tokens_per_hour: 200_000, actions_per_hour: 120 }
+        Bounds { beats_per_minute: 1200, model_tokens_per_hour: 200_000, actions_per_hour: 120 }
     }
 }
 

@@ -228,6 +228,9 @@ impl Gate {
                 Ok(Handled::Denied { decision, seq })
             }
             Verdict::Ask => {
+                // Held until the request's actor is filed: an operator who approves at once
+                // (the id is listed as soon as it is submitted) waits here for it in `approve`.
+                let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
                 let request_id = match self.approvals.submit(call.clone(), decision.clone()) {
                     Ok(id) => id,
                     Err(e) => {
@@ -258,7 +261,7 @@ impl Gate {
                         return Err(e.into());
                     }
                 };
-                self.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(request_id.clone(), (actor, why));
+                waiting.insert(request_id.clone(), (actor, why));
                 Ok(Handled::Pending { decision, request_id, seq })
             }
             Verdict::Allow => self.run(&actor, &call, &why, decision, mode),
