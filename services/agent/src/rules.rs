@@ -800,6 +800,11 @@ verify = { metric = "disk.used_percent", subject = "{data.subject}", below = 85.
         assert_eq!(port_of("4711:M 22 Nov 2026 18:22:01.5 # Warning: Could not create server TCP listening socket 127.0.0.1:36335: bind: Address already in use").as_deref(), Some("36335"));
         assert_eq!(port_of("4711:M 22 Nov 2026 18:22:01.5 # Could not create server TCP listening socket *:6379: bind: Address already in use").as_deref(), Some("6379"));
         assert_eq!(port_of("OSError: [Errno 98] Address already in use"), None);
+        // A death is revived; a one-shot job that finished is not.
+        let died = |detail: &str| Observation::new(Source::Supervisor, "exited", &format!("web: exited: {detail}"), 1).service("web");
+        assert_eq!(s.decide(&died("signal 9")).unwrap().rule, "revive-dead-service");
+        assert_eq!(s.decide(&died("exit code 1")).unwrap().rule, "revive-dead-service");
+        assert!(s.decide(&died("exit code 0")).is_none());
         let d = s.decide(&Observation::new(Source::Supervisor, "crash-loop", "x", 1).service("web")).unwrap();
         assert_eq!(d.steps[1].tool, "service.rollback");
         assert!(d.steps[0].optional && !d.steps[1].optional);
