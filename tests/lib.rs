@@ -4,6 +4,8 @@
 //! Binaries come from `GHOST_BIN_DIR` (set by tests/run, which builds them once for the whole
 //! suite); without it, the workspace's musl debug build and then the host debug build are used.
 
+pub mod agent_world;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

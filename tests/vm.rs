@@ -500,6 +500,9 @@ fn image_carries_a_rescue_shell_ghost_ghostctl_and_the_model_service() {
     assert!(entry("usr/bin/ghostctl").starts_with("-rwxr-xr-x"));
     assert!(entry("usr/bin/ghost").starts_with("-rwxr-xr-x"));
     assert!(entry("etc/ghost/services/model.toml").starts_with("-rw-r--r--"));
+    assert!(entry("etc/ghost/services/agent.toml").starts_with("-rw-r--r--"));
+    assert!(entry("etc/ghost/rules/sentinel.toml").starts_with("-rw-r--r--"));
+    assert!(entry("etc/ghost/constitution.toml").starts_with("-rw-r--r--"));
     assert!(entry("bin").ends_with("bin -> usr/bin"));
     for applet in ["sh", "ls", "cat", "ps", "mount", "sleep", "kill", "ip"] {
         assert!(
@@ -582,6 +585,10 @@ for p in $(cat $cg/escaper/cgroup.procs); do
     set -- $(cat /proc/$p/stat)
     say "escaper: pid $p process group $5 session $6"
 done
+# The agent of the image: its socket answers with its figures (at most 60 s of trying).
+tries=0
+until ghostctl agent --json > /tmp/agent.json 2>/dev/null || [ $tries -ge 1200 ]; do tries=$((tries + 1)); sleep 0.05; done
+say "agent: $(cat /tmp/agent.json 2>/dev/null || echo none)"
 say "done: powering off"
 exec ghostctl poweroff
 "#;
@@ -814,6 +821,20 @@ fn guest_pids_max_and_cpu_max_are_enforced() {
 }
 
 #[test]
+fn the_agent_runs_in_the_guest_with_the_sentinel_rules_and_durable_memory() {
+    let Some(serial) = guest_boot() else { return };
+    let says = conductor_says(serial);
+    let line = first_starting_with(&says, "agent: ");
+    let status: serde_json::Value = serde_json::from_str(line.trim_start_matches("agent: "))
+        .unwrap_or_else(|e| panic!("the agent did not answer in the guest ({e}): {line:?}\n{serial}"));
+    assert_eq!(status["rules"], 5, "{status}");
+    assert_eq!(status["memory"], "sqlite", "memory on the state partition: {status}");
+    assert!(status["beats"].as_u64().is_some_and(|b| b > 0), "{status}");
+    // The victim (restart = "always") came back by itself: the Sentinel did not act twice.
+    assert_eq!(status["repairs_failed"], 0, "{status}");
+}
+
+#[test]
 fn guest_service_killed_inside_the_guest_comes_back() {
     let Some(serial) = guest_boot() else { return };
     let says = conductor_says(serial);
@@ -893,6 +914,10 @@ ghostctl status model | while read -r line; do say "$line"; done
 body='{"messages":[{"role":"user","content":"Is the disk full?"}],"max_tokens":4,"seed":1}'
 answer=$(/bin/busybox timeout 60 /bin/busybox wget -q -O - --header 'Content-Type: application/json' --post-data "$body" http://127.0.0.1:8080/v1/chat/completions)
 say "chat: $(echo "$answer" | grep -o '"object":"[a-z.]*"') $(echo "$answer" | grep -o '"completion_tokens":[0-9]*')"
+# The agent of the image: its socket answers with its figures (at most 60 s of trying).
+tries=0
+until ghostctl agent --json > /tmp/agent.json 2>/dev/null || [ $tries -ge 1200 ]; do tries=$((tries + 1)); sleep 0.05; done
+say "agent: $(cat /tmp/agent.json 2>/dev/null || echo none)"
 say "done: powering off"
 exec ghostctl poweroff
 "#;
