@@ -5,6 +5,7 @@
 //! suite); without it, the workspace's musl debug build and then the host debug build are used.
 
 pub mod agent_world;
+pub mod measure;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

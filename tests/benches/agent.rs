@@ -9,6 +9,7 @@
 //! `cargo build -p ghost && cargo bench -p ghost-tests --bench agent`.
 
 use ghost_proto::agent::AgentRequest;
+use ghost_tests::measure::{cpu_ticks, percentile, rss_kib};
 use ghost_tests::agent_world::{kill, World};
 use ghost_tests::{status, Isolation};
 use serde_json::Value;
@@ -18,28 +19,12 @@ use std::time::{Duration, Instant};
 
 const KILLS: usize = 40;
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn agent_status(w: &World) -> Value {
     let mut s = UnixStream::connect(w.path("/run/ghost/agent.sock")).unwrap();
     s.write_all(ghost_proto::to_line(&AgentRequest::Status).as_bytes()).unwrap();
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line).unwrap();
     serde_json::from_str::<Value>(&line).unwrap()["result"].clone()
-}
-
-fn cpu_ticks(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = s[s.rfind(')').unwrap() + 2..].split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 fn wait_until(mut cond: impl FnMut() -> bool) {

@@ -5,6 +5,7 @@
 //! Run: `CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release -p ghost-init
 //! --target x86_64-unknown-linux-musl && cargo bench -p ghost-tests --bench pid1`
 
+use ghost_tests::measure::rss_kib;
 use ghost_tests::{workspace_root, Ghost, Isolation, Root};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -21,11 +22,6 @@ fn release_init() -> std::path::PathBuf {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 /// Wall time from spawn to the first stderr line containing `needle`.

@@ -6,6 +6,7 @@
 //! Run: `CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release -p ghost-init --target
 //! x86_64-unknown-linux-musl && cargo bench -p ghost-tests --bench supervisor`
 
+use ghost_tests::measure::{cpu_ticks, percentile, rss_kib};
 use ghost_tests::{control, status, wait_for_control, workspace_root, Ghost, Isolation, Root};
 use std::time::{Duration, Instant};
 
@@ -16,22 +17,6 @@ fn mono_ns() -> u128 {
     // SAFETY: clock_gettime writes into a valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn cpu_ticks(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = s[s.rfind(')').unwrap() + 2..].split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 /// The last complete line (the writer may be half-way through the next one).

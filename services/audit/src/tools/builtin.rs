@@ -53,6 +53,13 @@ fn path_check(args: &Value) -> Result<(), ArgErrors> {
     absolute(args, "path")
 }
 
+/// service.start/stop/restart: a service name in, ghost-init's answer out; medium risk,
+/// reversible (what one does, another undoes).
+fn service_control(name: &str, description: &str, output: Value) -> (ToolSpec, Option<ExtraCheck>) {
+    let input = object(json!({ "name": service_name() }), &["name"]);
+    (spec(name, description, input, output, P::ServiceControl, Risk::Medium, true), Some(service_check))
+}
+
 fn service_check(args: &Value) -> Result<(), ArgErrors> {
     let name = args.get("name").and_then(Value::as_str).unwrap_or("");
     valid_service(name).map_err(|m| ArgErrors::one("args.name", m))
@@ -289,42 +296,9 @@ pub(super) fn specs() -> Vec<(ToolSpec, Option<ExtraCheck>)> {
             ),
             Some(service_check),
         ),
-        (
-            spec(
-                "service.start",
-                "Start a supervised service.",
-                object(json!({ "name": service_name() }), &["name"]),
-                any_object.clone(),
-                P::ServiceControl,
-                Risk::Medium,
-                true,
-            ),
-            Some(service_check),
-        ),
-        (
-            spec(
-                "service.stop",
-                "Stop a supervised service.",
-                object(json!({ "name": service_name() }), &["name"]),
-                any_object.clone(),
-                P::ServiceControl,
-                Risk::Medium,
-                true,
-            ),
-            Some(service_check),
-        ),
-        (
-            spec(
-                "service.restart",
-                "Restart a supervised service.",
-                object(json!({ "name": service_name() }), &["name"]),
-                any_object.clone(),
-                P::ServiceControl,
-                Risk::Medium,
-                true,
-            ),
-            Some(service_check),
-        ),
+        service_control("service.start", "Start a supervised service.", any_object.clone()),
+        service_control("service.stop", "Stop a supervised service.", any_object.clone()),
+        service_control("service.restart", "Restart a supervised service.", any_object.clone()),
         (
             // Reversible: the agent keeps the files it replaces.
             spec(
