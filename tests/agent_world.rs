@@ -37,7 +37,13 @@ impl World {
 
     /// With `agent_toml` as /etc/ghost/agent.toml ("" for the shipped defaults).
     pub fn start_configured(services: &[(&str, String)], edit: impl Fn(String) -> String, isolation: Isolation, agent_toml: &str) -> World {
-        let root = Root::new();
+        Self::start_in(Root::new(), services, edit, isolation, agent_toml, |_| {})
+    }
+
+    /// In `root` (which may hold a ghost.toml already); `prepare` runs on the root's path
+    /// before anything starts.
+    pub fn start_in(root: Root, services: &[(&str, String)], edit: impl Fn(String) -> String, isolation: Isolation, agent_toml: &str, prepare: impl FnOnce(&Path)) -> World {
+        prepare(root.path());
         let etc = root.path().join("etc/ghost");
         let shipped = workspace_root().join("initramfs/etc/ghost");
         std::fs::copy(shipped.join("constitution.toml"), etc.join("constitution.toml")).unwrap();

@@ -600,3 +600,47 @@ fn openai_python() -> PathBuf {
     })
     .clone()
 }
+
+/// The agent's model layer against the real server: an operator's message no rule covers is
+/// put to the model with the tool registry as `tools`; the answer is a valid call of a real tool
+/// (decoded under its schema even with random weights), and it goes through policy and into the
+/// audit trail as the model's. Safe mode: a random model may only run low-risk calls.
+#[test]
+fn what_no_rule_covers_goes_to_the_model_and_its_call_through_policy_and_audit() {
+    use ghost_tests::agent_world::World;
+    let (_mirror, server) = ready_server();
+    let root = ghost_tests::Root::new();
+    root.ghost_toml("security = \"safe\"\n");
+    // The server runs under its own root; the agent finds it through a link in its root
+    // (ghost-init starts /run afresh, so the link lives elsewhere).
+    let w = World::start_in(root, &[], |r| r, ghost_tests::Isolation::Subreaper, "[model]\nsocket = \"/var/lib/model.sock\"\nmax_tokens = 64\n", |root| {
+        std::fs::create_dir_all(root.join("var/lib")).unwrap();
+        std::os::unix::fs::symlink(server.sock(), root.join("var/lib/model.sock")).unwrap();
+    });
+    let (code, _, err) = w.ctl(&["tell", "the web site feels slow since this morning"]);
+    assert_eq!(code, 0, "{err}");
+    let mut status = Value::Null;
+    let decided = eventually(Duration::from_secs(120), || {
+        status = w.ctl_json(&["agent"]);
+        status["decisions_by_model"].as_u64().unwrap_or(0) + status["model_invalid"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(decided, "the model was not asked: {status}\n{}\n{}", std::fs::read_to_string(w.path("/var/log/ghost/agent.log")).unwrap_or_default(), server.log());
+    assert_eq!(status["decisions_by_model"], 1, "a schema-constrained answer is always a call: {status}");
+    assert!(status["share_without_model"].as_f64().unwrap() < 1.0, "{status}");
+    let decisions = w.ctl_json(&["decisions"]);
+    let d = decisions.as_array().unwrap().iter().find(|d| d["layer"] == "model").unwrap_or_else(|| panic!("{decisions}"));
+    assert!(d["text"].as_str().unwrap().contains("the web site feels slow"), "{d}");
+    // The call's record follows the decision's (policy, then the outcome).
+    let mut model_calls: Vec<Value> = Vec::new();
+    let audited = eventually(Duration::from_secs(30), || {
+        model_calls = w.audit_records().into_iter().filter(|r| r.to_string().contains("\"actor\":\"model\"")).collect();
+        model_calls.iter().any(|r| !r.to_string().contains("\"status\":\"started\""))
+    });
+    assert!(audited, "the model's call is audited as the model's: {model_calls:#?}");
+    let layer_and_policy = |r: &Value| {
+        let t = r.to_string();
+        t.contains("\"layer\":\"model\"") && t.contains("\"verdict\":")
+    };
+    assert!(model_calls.iter().all(layer_and_policy), "{model_calls:#?}");
+    w.audit_intact();
+}

@@ -64,9 +64,13 @@ pub enum End {
     Skipped(String),
 }
 
-/// What a subject of a decision is: the service, else the metric's subject, else "".
+/// What a decision is about: the service, else the metric's subject (a mount point), else the
+/// source (`operator`, `metrics`) — never empty, as memory needs a source for every episode.
 pub fn subject_of(o: &Observation) -> String {
-    o.service.clone().or_else(|| o.data.get("subject").and_then(Value::as_str).map(str::to_string)).unwrap_or_default()
+    o.service
+        .clone()
+        .or_else(|| o.data.get("subject").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string))
+        .unwrap_or_else(|| o.source.as_str().to_string())
 }
 
 /// One read-only check (a precondition, a verification): the tool's output against `expect`.

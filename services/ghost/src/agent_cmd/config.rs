@@ -22,6 +22,10 @@ pub struct AgentConfig {
     pub approval_timeout: Duration,
     /// Failed repairs in a row before a rule stops acting on a subject and escalates.
     pub max_failures: u32,
+    /// The local model server (system path) asked about what no rule covers.
+    pub model_socket: String,
+    pub model_max_tokens: u32,
+    pub model_timeout: Duration,
 }
 
 impl Default for AgentConfig {
@@ -35,6 +39,9 @@ impl Default for AgentConfig {
             stable: Duration::from_secs(3),
             approval_timeout: Duration::from_secs(600),
             max_failures: 3,
+            model_socket: "/run/ghost/model.sock".into(),
+            model_max_tokens: 256,
+            model_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -79,13 +86,22 @@ impl AgentConfig {
                     },
                     ("metrics", "service_memory") => v.as_bool().map(|b| c.service_memory = b).unwrap_or_else(|| bad(&name, "must be true or false")),
                     ("config", "stable_ms") => ms(v).map(|d| c.stable = d).unwrap_or_else(|| bad(&name, "must be a positive integer")),
+                    ("model", "socket") => match v.as_str() {
+                        Some(p) if p.starts_with('/') => c.model_socket = p.to_string(),
+                        _ => bad(&name, "must be an absolute path"),
+                    },
+                    ("model", "max_tokens") => match v.as_integer() {
+                        Some(n) if (16..=4096).contains(&n) => c.model_max_tokens = n as u32,
+                        _ => bad(&name, "must be an integer from 16 to 4096"),
+                    },
+                    ("model", "timeout_ms") => ms(v).map(|d| c.model_timeout = d).unwrap_or_else(|| bad(&name, "must be a positive integer")),
                     ("approvals", "timeout_s") => match v.as_integer() {
                         Some(n) if n > 0 => c.approval_timeout = Duration::from_secs(n as u64),
                         _ => bad(&name, "must be a positive integer"),
                     },
                     _ => bad(
                         &name,
-                        "unknown key (known: heartbeat.min_interval_ms, heartbeat.max_interval_ms, heartbeat.max_failures, metrics.interval_ms, metrics.disks, metrics.service_memory, config.stable_ms, approvals.timeout_s)",
+                        "unknown key (known: heartbeat.min_interval_ms, heartbeat.max_interval_ms, heartbeat.max_failures, metrics.interval_ms, metrics.disks, metrics.service_memory, config.stable_ms, approvals.timeout_s, model.socket, model.max_tokens, model.timeout_ms)",
                     ),
                 }
             }

@@ -12,6 +12,7 @@ mod goals;
 mod known_good;
 mod perceive;
 mod socket;
+mod think;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -65,8 +66,10 @@ pub struct Stats {
     pub decisions_by_rule: u64,
     pub decisions_by_model: u64,
     pub share_without_model: f64,
-    /// Observations no rule covered (and no model was asked).
+    /// Salient observations no rule covered and no model could be asked about.
     pub unhandled: u64,
+    /// Model answers that were not a call of a known tool (discarded).
+    pub model_invalid: u64,
     pub actions: u64,
     pub repairs_verified: u64,
     pub repairs_failed: u64,
@@ -161,6 +164,9 @@ struct Heart {
     stable: Duration,
     max_failures: u32,
     last_goal_check: Instant,
+    model: think::Model,
+    /// The constitution's model tokens per hour.
+    tokens: RateLimiter,
 }
 
 pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::ExitCode> {
@@ -194,6 +200,7 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
     let delegate = Arc::new(SystemDelegate { memory: memory.clone(), known_good: KnownGood::new(root) });
     let executor = Executor::new(Arc::new(Registry::builtin()), exec_config).with_delegate(delegate);
     let bounds = constitution.bounds;
+    let allowed_tools = constitution.allowed_tools.clone();
     let gate = Gate::new(executor.clone(), audit.clone(), Arc::new(ApprovalQueue::new(cfg.approval_timeout)), constitution, mode);
 
     let rules_dir = args.rules.unwrap_or_else(|| root.path("/etc/ghost/rules"));
@@ -243,6 +250,7 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
     eprintln!("ghost agent: {text}; socket {}", socket_path.display());
     ghost_model::serve::notify::Notifier::from_env().ready(&text);
 
+    let mode_now = sh.gate.mode();
     let mut heart = Heart {
         sh,
         rules,
@@ -253,6 +261,8 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
         snapshots: Vec::new(),
         stable: cfg.stable,
         max_failures: cfg.max_failures,
+        model: think::Model::new(root.path(&cfg.model_socket), cfg.model_max_tokens, cfg.model_timeout, &Registry::builtin(), mode_now, &|t: &str| allowed_tools.contains(&t.to_string())),
+        tokens: RateLimiter::new(bounds),
         last_goal_check: Instant::now() - Duration::from_secs(60),
     };
     heart.schedule_running_services();
@@ -383,20 +393,19 @@ impl Heart {
             if let Some((rule, failures)) = escalated {
                 remember(&self.sh.memory, Episode::new(EpisodeKind::Note, subject.clone(), format!("rule {rule} is held back for {subject:?} after {failures} failed repairs; waiting for the operator: {}", o.text)).salience(0.9), obs_id);
             } else if o.salience >= 0.8 {
-                self.sh.stats().unhandled += 1;
-                remember(&self.sh.memory, Episode::new(EpisodeKind::Note, subject, format!("no rule covers: {}", o.text)).salience(0.6), obs_id);
+                self.think(&o, obs_id);
             }
             return;
         };
         let memory_ids: Vec<String> = obs_id.iter().map(|i| i.to_string()).collect();
+        let text = format!("rule {} chose playbook {} for: {}", d.rule, d.playbook, o.text);
+        let data = json!({ "layer": "rule", "rule": d.rule, "playbook": d.playbook, "subject": subject, "steps": d.steps.iter().map(|s| json!({"tool": s.tool, "args": s.args})).collect::<Vec<_>>() });
+        let decision_id = remember(&self.sh.memory, Episode::new(EpisodeKind::Decision, subject.clone(), &text).playbook(&d.playbook).salience(0.7).details(data.clone()), obs_id);
         {
             let mut s = self.sh.stats();
             s.decisions += 1;
             s.decisions_by_rule += 1;
         }
-        let text = format!("rule {} chose playbook {} for: {}", d.rule, d.playbook, o.text);
-        let data = json!({ "layer": "rule", "rule": d.rule, "playbook": d.playbook, "subject": subject, "steps": d.steps.iter().map(|s| json!({"tool": s.tool, "args": s.args})).collect::<Vec<_>>() });
-        let decision_id = remember(&self.sh.memory, Episode::new(EpisodeKind::Decision, subject.clone(), &text).playbook(&d.playbook).salience(0.7).details(data.clone()), obs_id);
         let why = Why { rule: Some(d.rule.clone()), layer: Some("rule".into()), memory_ids: memory_ids.clone(), text: o.text.clone() };
         if let Err(e) = self.sh.gate.audit().append(Entry::decision("agent", &text, data, why)) {
             self.sh.stats().errors += 1;
@@ -405,6 +414,60 @@ impl Heart {
         }
         let end = run_playbook(&self.sh, &d, &o, &memory_ids, 0, decision_id);
         self.finish(d, o, memory_ids, decision_id, end);
+    }
+
+    /// What no rule covers goes to the model; its call goes through the gate like any other.
+    fn think(&mut self, o: &Observation, obs_id: Option<i64>) {
+        let subject = subject_of(o);
+        let unhandled = |sh: &Shared, why: String| {
+            eprintln!("ghost agent: no rule covers {:?}; {why}", o.text);
+            sh.stats().unhandled += 1;
+            remember(&sh.memory, Episode::new(EpisodeKind::Note, subject.clone(), format!("no rule covers: {} ({why})", o.text)).salience(0.6), obs_id);
+        };
+        if !self.model.available() {
+            return unhandled(&self.sh, "no model server".into());
+        }
+        if let Err(e) = self.tokens.try_acquire(Resource::ModelTokens, u64::from(self.model.max_tokens) + 1024) {
+            return unhandled(&self.sh, e.to_string());
+        }
+        // What memory recalls about it, for the prompt and for the audit record's why.
+        let recalled = self.sh.memory.search(&o.text, 3).map(|r| r.hits).unwrap_or_default();
+        let context: Vec<String> = recalled.iter().map(|h| h.episode.episode.text.clone()).collect();
+        let mut memory_ids: Vec<String> = obs_id.iter().map(|i| i.to_string()).collect();
+        memory_ids.extend(recalled.iter().map(|h| h.episode.id.to_string()));
+        let (call, model) = match self.model.ask(o, &context) {
+            think::Answer::Call(call, model) => (call, model),
+            think::Answer::Invalid(why) => {
+                self.sh.stats().model_invalid += 1;
+                return unhandled(&self.sh, format!("the model's answer was discarded: {why}"));
+            }
+            think::Answer::Unavailable(why) => return unhandled(&self.sh, why),
+        };
+        let text = format!("model {model} chose {} {} for: {}", call.tool, call.args, o.text);
+        let data = json!({ "layer": "model", "model": model, "subject": subject, "steps": [{ "tool": call.tool, "args": call.args }] });
+        let decision_id = remember(&self.sh.memory, Episode::new(EpisodeKind::Decision, subject.clone(), &text).salience(0.7).details(data.clone()), obs_id);
+        {
+            // Counted once memory has it: `ghostctl decisions` shows what `ghostctl agent` counts.
+            let mut s = self.sh.stats();
+            s.decisions += 1;
+            s.decisions_by_model += 1;
+        }
+        let why = Why { rule: None, layer: Some("model".into()), memory_ids, text: o.text.clone() };
+        if let Err(e) = self.sh.gate.audit().append(Entry::decision("agent", &text, data, why.clone())) {
+            self.sh.stats().errors += 1;
+            eprintln!("ghost agent: audit: {e}; the model's call is not made");
+            return;
+        }
+        let outcome = match self.sh.gate.handle(ghost_audit::gate::CallRequest { call, actor: "model".into(), why, dry_run: false }) {
+            Ok(Handled::Ran { result, .. }) => {
+                self.sh.stats().actions += 1;
+                format!("the model's call ran: {}", if result.is_ok() { "ok" } else { "failed" })
+            }
+            Ok(Handled::Pending { request_id, .. }) => format!("the model's call waits for the operator: ghostctl approve {request_id}"),
+            Ok(other) => format!("the model's call was refused: {}", other.decision().reason),
+            Err(e) => format!("the model's call could not be made: {e}"),
+        };
+        remember(&self.sh.memory, Episode::new(EpisodeKind::Outcome, subject, outcome).salience(0.6), decision_id);
     }
 
     /// Records how a playbook run ended, and learns from it.

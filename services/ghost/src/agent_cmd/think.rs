@@ -1,0 +1,139 @@
+//! The model layer of deliberation: what no rule covers, when it matters (salience ≥ 0.8), is
+//! put to the local model server (`ghost model serve` on /run/ghost/model.sock) with the tool
+//! registry as the request's `tools` and `tool_choice: "required"`. The server decodes under
+//! each tool's JSON schema, so the answer is a call; it still goes through policy, approvals
+//! and the audit trail like any other, as actor `model`. An answer that is not a call of a
+//! known tool is discarded and counted. Without a server the observation stays `unhandled`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ghost_agent::Observation;
+use ghost_audit::policy::Mode;
+use ghost_audit::tools::{Registry, Risk, ToolCall};
+use ghost_model::router::http::HttpClient;
+use serde_json::{json, Value};
+
+/// Tool names as the OpenAI API allows them (`^[a-zA-Z0-9_-]+$`): `service.start` is
+/// `service_start`; none of ours has an underscore of its own to collide with.
+fn wire_name(tool: &str) -> String {
+    tool.replace('.', "_")
+}
+
+fn offered(mode: Mode, risk: Risk, reversible: bool) -> bool {
+    match mode {
+        Mode::Trusted => true,
+        Mode::Normal => risk == Risk::Low || (risk == Risk::Medium && reversible),
+        Mode::Safe | Mode::Paranoid => risk == Risk::Low,
+    }
+}
+
+pub struct Model {
+    socket: PathBuf,
+    pub max_tokens: u32,
+    timeout: Duration,
+    tools: Value,
+    /// wire name → tool name
+    names: Vec<(String, String)>,
+}
+
+/// What the model answered.
+pub enum Answer {
+    Call(ToolCall, String),
+    /// Not a call of a known tool with object arguments: discarded.
+    Invalid(String),
+    /// The server could not be asked (not there, down, an HTTP error).
+    Unavailable(String),
+}
+
+const SYSTEM: &str = "You are the ghostos agent. You keep this machine healthy. An observation came in that no rule covers. Answer with exactly one tool call that helps: look closer first (sys.metrics, log.tail, service.status, process.list) unless the fix is plain. Never destroy data.";
+
+impl Model {
+    /// Offers the model the tools the security `mode` lets it run without an operator (by the
+    /// tools' risk; the call still goes through the full policy): a small model chooses better
+    /// from fewer, and the prompt stays short.
+    pub fn new(socket: PathBuf, max_tokens: u32, timeout: Duration, registry: &Registry, mode: Mode, allowed: &dyn Fn(&str) -> bool) -> Model {
+        let mut names = Vec::new();
+        let tools: Vec<Value> = registry
+            .specs()
+            .filter(|s| allowed(&s.name) && offered(mode, s.risk, s.reversible))
+            .map(|s| {
+                names.push((wire_name(&s.name), s.name.clone()));
+                json!({ "type": "function", "function": { "name": wire_name(&s.name), "description": s.description, "parameters": s.input_schema } })
+            })
+            .collect();
+        Model { socket, max_tokens, timeout, tools: Value::Array(tools), names }
+    }
+
+    pub fn available(&self) -> bool {
+        self.socket.exists()
+    }
+
+    /// Asks for one call about `o` (with `context`: what memory recalls about it).
+    pub fn ask(&self, o: &Observation, context: &[String]) -> Answer {
+        let mut user = format!("Observation ({} / {}): {}\nDetails: {}", o.source.as_str(), o.kind, o.text, o.data);
+        if !context.is_empty() {
+            user.push_str("\nWhat memory recalls:\n");
+            for c in context {
+                user.push_str(&format!("- {c}\n"));
+            }
+        }
+        let body = json!({
+            "model": "ghost",
+            "messages": [{ "role": "system", "content": SYSTEM }, { "role": "user", "content": user }],
+            "tools": self.tools,
+            "tool_choice": "required",
+            "max_tokens": self.max_tokens,
+            "temperature": 0,
+        });
+        let client = HttpClient::unix(&self.socket, "/v1");
+        let reply = match client.post_json("/chat/completions", &[], body.to_string().as_bytes(), self.timeout) {
+            Ok(r) if r.status == 200 => r,
+            Ok(r) => return Answer::Unavailable(format!("{} answered HTTP {}: {}", client.describe(), r.status, String::from_utf8_lossy(&r.body).chars().take(200).collect::<String>())),
+            Err(e) => return Answer::Unavailable(format!("{}: {e}", client.describe())),
+        };
+        self.parse(&reply.body, &o.text)
+    }
+
+    fn parse(&self, body: &[u8], about: &str) -> Answer {
+        let Ok(v) = serde_json::from_slice::<Value>(body) else { return Answer::Invalid("the answer is not JSON".into()) };
+        let f = &v["choices"][0]["message"]["tool_calls"][0]["function"];
+        let Some(wire) = f["name"].as_str() else { return Answer::Invalid("the answer holds no tool call".into()) };
+        let Some((_, tool)) = self.names.iter().find(|(w, _)| w == wire) else { return Answer::Invalid(format!("`{wire}` is not a tool")) };
+        let args: Value = match f["arguments"].as_str().map(serde_json::from_str) {
+            Some(Ok(a @ Value::Object(_))) => a,
+            _ => return Answer::Invalid(format!("the arguments of `{wire}` are not a JSON object")),
+        };
+        let model = v["model"].as_str().unwrap_or("?").to_string();
+        Answer::Call(ToolCall::new(tool.clone(), args, format!("model: {about}")), model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_map_back_to_tools_and_anything_else_is_invalid() {
+        let offered = |mode| {
+            let m = Model::new(PathBuf::from("/x"), 64, Duration::from_secs(1), &Registry::builtin(), mode, &|t: &str| t != "net.check");
+            m.names.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>()
+        };
+        let normal = offered(Mode::Normal);
+        assert!(normal.contains(&"service.restart".to_string()) && !normal.contains(&"shell.exec".to_string()), "{normal:?}");
+        assert!(!normal.contains(&"net.check".to_string()), "not allowed by the constitution");
+        assert!(!offered(Mode::Safe).contains(&"service.restart".to_string()));
+        assert!(offered(Mode::Trusted).contains(&"shell.exec".to_string()));
+        let m = Model::new(PathBuf::from("/nonexistent"), 64, Duration::from_secs(1), &Registry::builtin(), Mode::Normal, &|_: &str| true);
+        assert!(m.tools.as_array().unwrap().iter().any(|t| t["function"]["name"] == "service_restart"));
+        let body = |name: &str, args: &str| json!({ "model": "m", "choices": [{ "message": { "tool_calls": [{ "function": { "name": name, "arguments": args } }] } }] }).to_string();
+        match m.parse(body("service_status", r#"{"name":"web"}"#).as_bytes(), "x") {
+            Answer::Call(c, model) => assert_eq!((c.tool.as_str(), c.args["name"].as_str(), model.as_str()), ("service.status", Some("web"), "m")),
+            _ => panic!("a call"),
+        }
+        assert!(matches!(m.parse(body("rm_rf", "{}").as_bytes(), "x"), Answer::Invalid(e) if e.contains("rm_rf")));
+        assert!(matches!(m.parse(body("fs_read", "[1]").as_bytes(), "x"), Answer::Invalid(_)));
+        assert!(matches!(m.parse(b"{\"choices\":[]}", "x"), Answer::Invalid(_)));
+        assert!(matches!(m.ask(&Observation::new(ghost_agent::Source::Operator, "message", "hi", 0), &[]), Answer::Unavailable(_)));
+    }
+}
