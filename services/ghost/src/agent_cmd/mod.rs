@@ -65,7 +65,6 @@ pub struct Stats {
     pub decisions: u64,
     pub decisions_by_rule: u64,
     pub decisions_by_model: u64,
-    pub share_without_model: f64,
     /// Salient observations no rule covered and no model could be asked about.
     pub unhandled: u64,
     /// Model answers that were not a call of a known tool (discarded).
@@ -116,6 +115,7 @@ impl Shared {
         sorted.sort_unstable();
         let pct = |p: f64| sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied();
         v["repair_ms"] = json!({ "count": sorted.len(), "p50": pct(0.5), "p95": pct(0.95), "max": sorted.last() });
+        v["share_without_model"] = json!(if s.decisions == 0 { 1.0 } else { s.decisions_by_rule as f64 / s.decisions as f64 });
         v["pending_approvals"] = json!(self.gate.approvals().pending().len());
         let health = self.memory.health();
         v["memory"] = json!(match health.mode {
@@ -327,7 +327,6 @@ impl Heart {
             s.suppressed = self.attention.suppressed;
             s.dropped = self.attention.dropped;
             s.waiting_for_approval = self.parked.len() as u64;
-            s.share_without_model = if s.decisions == 0 { 1.0 } else { s.decisions_by_rule as f64 / s.decisions as f64 };
         }
     }
 
