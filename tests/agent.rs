@@ -185,6 +185,11 @@ fn destructive_commands_are_refused_and_audited_and_approvals_flow_through_the_s
     }
     let denied = w.audit_records().iter().filter(|r| r.to_string().contains("\"tool\":\"shell.exec\"") && r.to_string().contains("\"status\":\"denied\"")).count();
     assert_eq!(denied, refused.len(), "every refusal is audited");
+    // Arguments that do not match the tool's schema are refused, naming the field.
+    let (code, out, err) = w.ctl(&["tool", "call", "fs.read", "--args", r#"{"path":5}"#, "--why", "schema test", "--json"]);
+    assert_eq!(code, 5, "{out}{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["reason"].as_str().unwrap().contains("path"), "{v}");
     // A risky call waits; the operator denies it and nothing happens.
     let mut victim = Command::new("sleep").arg("1000").spawn().unwrap();
     let args = format!("{{\"pid\":{},\"signal\":\"TERM\"}}", victim.id());
