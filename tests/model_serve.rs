@@ -642,5 +642,8 @@ fn what_no_rule_covers_goes_to_the_model_and_its_call_through_policy_and_audit()
         t.contains("\"layer\":\"model\"") && t.contains("\"verdict\":")
     };
     assert!(model_calls.iter().all(layer_and_policy), "{model_calls:#?}");
+    // Memory has the server's MiniLM embeddings: no word of the query is in the message.
+    let hits = w.ctl_json(&["memory", "search", "sluggish website performance", "--limit", "3"]);
+    assert!(hits[0]["text"].as_str().unwrap_or("").contains("feels slow"), "found by meaning first: {hits}");
     w.audit_intact();
 }

@@ -190,6 +190,8 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
     let audit = Arc::new(opened.log);
     let memory_path = root.path("/var/lib/ghost/memory.db");
     let memory = Arc::new(Memory::open(&memory_path, ghost_memory::Options::default()).with_context(|| format!("memory at {}", memory_path.display()))?);
+    // Meaning as well as words, from the model server's embedder when it is up.
+    memory.set_embedder(Some(Arc::new(think::ServerEmbedder { socket: root.path(&cfg.model_socket), timeout: Duration::from_secs(10) })));
 
     let exec_config = ExecConfig {
         log_dir: paths.log_dir.clone(),
@@ -570,6 +572,12 @@ impl Heart {
             return;
         }
         self.last_goal_check = Instant::now();
+        // Episodes recorded while the model server was away get their embeddings now.
+        if self.model.available() {
+            if let Err(e) = self.sh.memory.embed_pending(256) {
+                eprintln!("ghost agent: memory: {e}");
+            }
+        }
         let mut status: Option<Vec<ghost_proto::ServiceStatus>> = None;
         let root = self.sh.root.clone();
         let changed = self.sh.goals.lock().unwrap_or_else(|p| p.into_inner()).check(now_ms(), |c| {

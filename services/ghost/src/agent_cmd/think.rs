@@ -137,3 +137,32 @@ mod tests {
         assert!(matches!(m.ask(&Observation::new(ghost_agent::Source::Operator, "message", "hi", 0), &[]), Answer::Unavailable(_)));
     }
 }
+
+/// Memory's embeddings from the model server's `/v1/embeddings` (MiniLM there). While the
+/// server is away, recording goes on and the episodes wait for `embed_pending`.
+pub struct ServerEmbedder {
+    pub socket: PathBuf,
+    pub timeout: Duration,
+}
+
+impl ghost_memory::Embed for ServerEmbedder {
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+        if !self.socket.exists() {
+            return Err(format!("no model server at {}", self.socket.display()));
+        }
+        let client = HttpClient::unix(&self.socket, "/v1");
+        let body = json!({ "input": texts });
+        let reply = client.post_json("/embeddings", &[], body.to_string().as_bytes(), self.timeout).map_err(|e| format!("{}: {e}", client.describe()))?;
+        if reply.status != 200 {
+            return Err(format!("{} answered HTTP {}", client.describe(), reply.status));
+        }
+        let v: Value = serde_json::from_slice(&reply.body).map_err(|e| format!("embeddings: {e}"))?;
+        let data = v["data"].as_array().ok_or("embeddings: no data")?;
+        if data.len() != texts.len() {
+            return Err(format!("embeddings: {} vectors for {} texts", data.len(), texts.len()));
+        }
+        data.iter()
+            .map(|d| d["embedding"].as_array().ok_or("embeddings: no vector".to_string()).map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect()))
+            .collect()
+    }
+}
