@@ -241,3 +241,38 @@ fn tampering_with_any_audit_record_is_found() {
     }
     w.audit_intact();
 }
+
+#[test]
+fn file_changes_and_timers_are_perceived_and_rules_act_on_them() {
+    let rules = r#"
+[[rule]]
+name = "config-edited"
+when = { source = "file", kind = "changed", text = 'app\.conf' }
+playbook = "look-at-file"
+
+[[playbook]]
+name = "look-at-file"
+steps = [{ tool = "fs.read", args = { path = "{root}{data.path}" } }]
+
+[[rule]]
+name = "every-second"
+when = { source = "timer", kind = "tick" }
+playbook = "sample"
+
+[[playbook]]
+name = "sample"
+steps = [{ tool = "sys.metrics", args = { cpu_sample_ms = 0, disks = false } }]
+"#;
+    let agent_toml = "[heartbeat]\nmin_interval_ms = 10\n[watch]\npaths = [\"/etc/app\"]\n[timers]\ntick = 1\n";
+    let w = World::start_in(ghost_tests::Root::new(), &[], |r| r, Isolation::Subreaper, agent_toml, |root| {
+        std::fs::create_dir_all(root.join("etc/app")).unwrap();
+        std::fs::create_dir_all(root.join("etc/ghost/rules")).unwrap();
+        std::fs::write(root.join("etc/ghost/rules/local.toml"), rules).unwrap();
+    });
+    std::fs::write(w.path("/etc/app/app.conf"), "answer = 42\n").unwrap();
+    w.repaired_by("config-edited", Duration::from_secs(20));
+    let read = w.audit_records().into_iter().find(|r| r.to_string().contains("\"tool\":\"fs.read\"") && r.to_string().contains("\"status\":\"ok\"")).expect("the file was read");
+    assert!(read.to_string().contains("etc/app/app.conf"), "{read}");
+    let ticks = eventually(Duration::from_secs(10), || w.audited("sys.metrics", "rule:every-second", "ok") >= 2);
+    assert!(ticks, "the timer fires every second and its rule acts");
+}

@@ -26,6 +26,10 @@ pub struct AgentConfig {
     pub model_socket: String,
     pub model_max_tokens: u32,
     pub model_timeout: Duration,
+    /// Directories (system paths) whose entries' changes are observed (`file`).
+    pub watch: Vec<String>,
+    /// Named timers: an observation `timer` / NAME every period.
+    pub timers: Vec<(String, Duration)>,
 }
 
 impl Default for AgentConfig {
@@ -42,6 +46,8 @@ impl Default for AgentConfig {
             model_socket: "/run/ghost/model.sock".into(),
             model_max_tokens: 256,
             model_timeout: Duration::from_secs(60),
+            watch: vec!["/etc/ghost/services".into()],
+            timers: Vec::new(),
         }
     }
 }
@@ -65,6 +71,20 @@ impl AgentConfig {
         };
         let mut bad = |key: &str, why: &str| problems.push(format!("{origin}: {key}: {why}; the default is kept"));
         for (section, value) in &table {
+            if section == "timers" {
+                match value.as_table() {
+                    Some(t) => {
+                        for (name, v) in t {
+                            match v.as_integer() {
+                                Some(n) if n > 0 && !name.is_empty() => c.timers.push((name.clone(), Duration::from_secs(n as u64))),
+                                _ => bad(&format!("timers.{name}"), "must be a positive number of seconds"),
+                            }
+                        }
+                    }
+                    None => bad("timers", "must be a table of NAME = SECONDS"),
+                }
+                continue;
+            }
             let Some(t) = value.as_table() else {
                 bad(section, "must be a table");
                 continue;
@@ -95,13 +115,17 @@ impl AgentConfig {
                         _ => bad(&name, "must be an integer from 16 to 4096"),
                     },
                     ("model", "timeout_ms") => ms(v).map(|d| c.model_timeout = d).unwrap_or_else(|| bad(&name, "must be a positive integer")),
+                    ("watch", "paths") => match v.as_array().map(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect::<Option<Vec<_>>>()) {
+                        Some(Some(d)) if d.iter().all(|p| p.starts_with('/')) => c.watch = d,
+                        _ => bad(&name, "must be an array of absolute paths"),
+                    },
                     ("approvals", "timeout_s") => match v.as_integer() {
                         Some(n) if n > 0 => c.approval_timeout = Duration::from_secs(n as u64),
                         _ => bad(&name, "must be a positive integer"),
                     },
                     _ => bad(
                         &name,
-                        "unknown key (known: heartbeat.min_interval_ms, heartbeat.max_interval_ms, heartbeat.max_failures, metrics.interval_ms, metrics.disks, metrics.service_memory, config.stable_ms, approvals.timeout_s, model.socket, model.max_tokens, model.timeout_ms)",
+                        "unknown key (known: heartbeat.min_interval_ms, heartbeat.max_interval_ms, heartbeat.max_failures, metrics.interval_ms, metrics.disks, metrics.service_memory, config.stable_ms, approvals.timeout_s, model.socket, model.max_tokens, model.timeout_ms, watch.paths, timers.NAME)",
                     ),
                 }
             }
@@ -125,8 +149,10 @@ mod tests {
 
     #[test]
     fn values_are_read_and_bad_ones_named_with_the_default_kept() {
-        let (c, p) = AgentConfig::parse("[heartbeat]\nmin_interval_ms = 20\n[metrics]\ndisks = [\"/data\"]\ninterval_ms = 100\n", "agent.toml");
+        let (c, p) = AgentConfig::parse("[heartbeat]\nmin_interval_ms = 20\n[metrics]\ndisks = [\"/data\"]\ninterval_ms = 100\n[timers]\nhourly = 3600\n[watch]\npaths = [\"/etc/app\"]\n", "agent.toml");
         assert!(p.is_empty(), "{p:?}");
+        assert_eq!(c.timers, vec![("hourly".to_string(), Duration::from_secs(3600))]);
+        assert_eq!(c.watch, vec!["/etc/app"]);
         assert_eq!(c.min_interval, Duration::from_millis(20));
         assert_eq!(c.disks, vec!["/data"]);
         let (c, p) = AgentConfig::parse("[heartbeat]\nmin_interval_ms = -1\nspeed = 3\n[metrics]\ndisks = [\"rel\"]\n", "/etc/ghost/agent.toml");

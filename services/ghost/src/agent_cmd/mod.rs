@@ -243,6 +243,8 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
     perceive::spawn_logs(log_patterns, tx.clone(), stop.clone());
     let watch = MetricWatch::new(thresholds(&rules), 0.05);
     perceive::spawn_sampler(watch, cfg.disk_paths(root), cfg.service_memory, cfg.metrics_interval, tx.clone(), stop.clone());
+    perceive::spawn_file_watch(root.clone(), cfg.watch.clone(), tx.clone(), stop.clone());
+    perceive::spawn_timers(cfg.timers.clone(), tx.clone(), stop.clone());
 
     let text = format!("agent started: {} rules, mode {}, memory {}", rules.rules().len(), sh.gate.mode().as_str(), memory_path.display());
     remember(&memory, Episode::new(EpisodeKind::Note, "agent", &text).salience(0.3), None);

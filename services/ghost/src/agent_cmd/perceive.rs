@@ -189,3 +189,86 @@ pub fn spawn_sampler(mut watch: MetricWatch, disks: Vec<PathBuf>, service_memory
 pub fn operator_message(text: &str) -> Observation {
     Observation::new(Source::Operator, "message", text, crate::agent_cmd::known_good::now_ms()).salience(0.9).data(json!({ "text": text }))
 }
+
+/// File changes under the watched paths (inotify; a directory's entries, not its subtrees):
+/// one observation per changed path (`file` / `changed`, data `path` as the system names it).
+pub fn spawn_file_watch(root: crate::paths::GhostRoot, paths: Vec<String>, tx: Sender<Input>, stop: Arc<AtomicBool>) {
+    if paths.is_empty() {
+        return;
+    }
+    // SAFETY: inotify_init1 has no preconditions.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    if fd < 0 {
+        eprintln!("ghost agent: WARNING: inotify: {}; file changes are not watched", std::io::Error::last_os_error());
+        return;
+    }
+    let mut watches: Vec<(i32, String)> = Vec::new();
+    for p in paths {
+        let Ok(c) = std::ffi::CString::new(root.path(&p).as_os_str().as_bytes()) else { continue };
+        let mask = libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_ATTRIB;
+        // SAFETY: a valid fd and a NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(fd, c.as_ptr(), mask) };
+        if wd < 0 {
+            eprintln!("ghost agent: WARNING: watch {p}: {}", std::io::Error::last_os_error());
+        } else {
+            watches.push((wd, p));
+        }
+    }
+    let spawned = std::thread::Builder::new().name("agent-files".into()).spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            // SAFETY: reading into a buffer we own, of the length given.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
+            let mut at = 0usize;
+            let head = std::mem::size_of::<libc::inotify_event>();
+            let mut seen: Vec<String> = Vec::new();
+            while at + head <= n as usize {
+                // SAFETY: the kernel wrote whole events; read_unaligned copes with the offset.
+                let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+                let name_bytes = &buf[at + head..at + head + ev.len as usize];
+                let name = String::from_utf8_lossy(name_bytes.split(|b| *b == 0).next().unwrap_or(&[])).into_owned();
+                at += head + ev.len as usize;
+                let Some((_, dir)) = watches.iter().find(|(wd, _)| *wd == ev.wd) else { continue };
+                let path = if name.is_empty() { dir.clone() } else { format!("{}/{name}", dir.trim_end_matches('/')) };
+                // Editors write a temporary file and rename it: one observation per path per read.
+                if name.starts_with('.') || name.ends_with('~') || seen.contains(&path) {
+                    continue;
+                }
+                seen.push(path.clone());
+                let what = if ev.mask & (libc::IN_DELETE | libc::IN_MOVED_FROM) != 0 { "removed" } else { "changed" };
+                let o = Observation::new(Source::File, what, &format!("{path} {what}"), crate::agent_cmd::known_good::now_ms()).salience(0.4).data(json!({ "path": path }));
+                if tx.send(Input::Obs(o)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    if spawned.is_err() {
+        eprintln!("ghost agent: WARNING: cannot start the file watcher");
+    }
+}
+
+/// Named timers: an observation `timer` / NAME every period.
+pub fn spawn_timers(timers: Vec<(String, Duration)>, tx: Sender<Input>, stop: Arc<AtomicBool>) {
+    for (name, every) in timers {
+        let (tx, stop) = (tx.clone(), stop.clone());
+        let spawned = std::thread::Builder::new().name(format!("agent-timer-{name}")).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(every);
+                let o = Observation::new(Source::Timer, &name, &format!("timer {name} ({} s)", every.as_secs()), crate::agent_cmd::known_good::now_ms()).salience(0.3);
+                if tx.send(Input::Obs(o)).is_err() {
+                    return;
+                }
+            }
+        });
+        if spawned.is_err() {
+            eprintln!("ghost agent: WARNING: cannot start a timer thread");
+        }
+    }
+}
