@@ -276,3 +276,31 @@ steps = [{ tool = "sys.metrics", args = { cpu_sample_ms = 0, disks = false } }]
     let ticks = eventually(Duration::from_secs(10), || w.audited("sys.metrics", "rule:every-second", "ok") >= 2);
     assert!(ticks, "the timer fires every second and its rule acts");
 }
+
+#[test]
+fn a_learned_rule_is_listed_accepted_and_then_decides_without_a_model() {
+    let w = World::start(&[], |r| r, Isolation::Subreaper);
+    // What the agent writes after a model's call worked three times (services/ghost/src/agent_cmd/learn.rs).
+    let proposal = "[[rule]]\nname = \"learned-message-fs-list\"\nwhen = { source = \"operator\", kind = \"message\" }\nplaybook = \"learned-message-fs-list\"\n\n[[playbook]]\nname = \"learned-message-fs-list\"\nsteps = [{ tool = \"fs.list\", args = { path = \"/\" } }]\n";
+    let dir = w.path("/var/lib/ghost/agent/proposals");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("learned-message-fs-list.toml"), proposal).unwrap();
+    let listed = w.ctl_json(&["proposals"]);
+    assert_eq!(listed[0]["name"], "learned-message-fs-list", "{listed}");
+    // Before: an operator's message is something no rule covers.
+    let (code, ..) = w.ctl(&["tell", "hello"]);
+    assert_eq!(code, 0);
+    assert!(eventually(Duration::from_secs(10), || w.ctl_json(&["agent"])["unhandled"] == 1));
+    let (code, out, err) = w.ctl(&["accept", "learned-message-fs-list"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(w.path("/etc/ghost/rules/learned-message-fs-list.toml").is_file());
+    assert_eq!(w.ctl_json(&["proposals"]), serde_json::json!([]));
+    assert!(eventually(Duration::from_secs(10), || w.ctl_json(&["agent"])["rules"] == 6), "rules reloaded");
+    let (code, ..) = w.ctl(&["tell", "hello again"]);
+    assert_eq!(code, 0);
+    w.repaired_by("learned-message-fs-list", Duration::from_secs(10));
+    assert_eq!(w.ctl_json(&["agent"])["decisions_by_model"], 0);
+    assert!(w.audit_records().iter().any(|r| r.to_string().contains("accepted the learned rule learned-message-fs-list")));
+    let (code, _, err) = w.ctl(&["accept", "nosuch"]);
+    assert_eq!(code, 1, "{err}");
+}

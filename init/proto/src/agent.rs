@@ -77,6 +77,10 @@ pub enum AgentRequest {
     },
     /// An operator message: becomes an observation of source `operator`.
     Message { text: String },
+    /// Rules the agent learned from the model and proposes: `[{"name", "text"}]`.
+    Proposals,
+    /// Moves a proposal into /etc/ghost/rules; the agent reloads its rules.
+    Accept { name: String },
 }
 
 /// One reply: `ok`, and either `error` or `result` (absent for a plain acknowledgement).

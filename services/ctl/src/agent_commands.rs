@@ -35,6 +35,8 @@ pub fn request_for(command: &AgentCommand) -> AgentRequest {
         }
         AgentCommand::Goal { command: GoalCommand::Drop { id, reason } } => AgentRequest::GoalDrop { id: id.clone(), reason: reason.clone() },
         AgentCommand::Tell { text } => AgentRequest::Message { text: text.join(" ") },
+        AgentCommand::Proposals => AgentRequest::Proposals,
+        AgentCommand::Accept { name } => AgentRequest::Accept { name: name.clone() },
     }
 }
 
@@ -70,6 +72,13 @@ pub fn run(command: &AgentCommand, socket: &SocketPath, output: Output, out: &mu
         AgentCommand::Goal { command: GoalCommand::Add { .. } } | AgentCommand::Tell { .. } => acknowledged(&mut conn, &request, out, output, agent_render::created_id),
         AgentCommand::Goal { command: GoalCommand::Drop { id, .. } } => acknowledged(&mut conn, &request, out, output, |_| format!("dropped goal {id}\n")),
         AgentCommand::Deny { id, .. } => acknowledged(&mut conn, &request, out, output, |_| format!("denied {id}\n")),
+        AgentCommand::Proposals => list(&mut conn, &request, out, output, |ps| {
+            if ps.is_empty() {
+                return "no learned rules wait to be accepted\n".to_string();
+            }
+            ps.iter().map(|p| format!("== {} ==\n{}\n", p["name"].as_str().unwrap_or("?"), p["text"].as_str().unwrap_or(""))).collect()
+        }),
+        AgentCommand::Accept { name } => acknowledged(&mut conn, &request, out, output, |r| format!("accepted {name}: {}\n", r["file"].as_str().unwrap_or("?"))),
     }
 }
 

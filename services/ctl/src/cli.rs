@@ -136,6 +136,10 @@ pub enum AgentCommand {
         #[arg(required = true, value_name = "TEXT")]
         text: Vec<String>,
     },
+    /// Rules the agent learned from the model's calls that worked, waiting to be accepted
+    Proposals,
+    /// Accept a learned rule: it moves into /etc/ghost/rules and decides without a model
+    Accept { name: String },
 }
 
 #[derive(Subcommand, Debug, PartialEq, Eq)]

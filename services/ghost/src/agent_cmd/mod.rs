@@ -10,6 +10,7 @@ mod act;
 mod config;
 mod goals;
 mod known_good;
+mod learn;
 mod perceive;
 mod socket;
 mod think;
@@ -94,6 +95,8 @@ pub struct Shared {
     pub tx: Mutex<Sender<Input>>,
     pub audit_dir: PathBuf,
     pub public_key: PublicKey,
+    pub rules_dir: PathBuf,
+    pub learning: Mutex<learn::Learning>,
     pub started: Instant,
     stats: Mutex<Stats>,
 }
@@ -232,6 +235,8 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
         tx: Mutex::new(tx.clone()),
         audit_dir: paths.audit_dir.clone(),
         public_key,
+        rules_dir: rules_dir.clone(),
+        learning: Mutex::new(learn::Learning::load(&paths.identity_dir, 3)),
         started: Instant::now(),
         stats: Mutex::new(Stats { rules: rules.rules().len(), ..Stats::default() }),
     });
@@ -356,6 +361,7 @@ impl Heart {
                     self.attention.offer(o);
                 }
                 Input::Resolved { request_id, outcome } => resolved.push((request_id, outcome)),
+                Input::ReloadRules => self.reload_rules(),
             }
         }
         self.attention.close_windows(now_ms());
@@ -461,9 +467,17 @@ impl Heart {
             eprintln!("ghost agent: audit: {e}; the model's call is not made");
             return;
         }
+        let (tool, args) = (call.tool.clone(), call.args.clone());
         let outcome = match self.sh.gate.handle(ghost_audit::gate::CallRequest { call, actor: "model".into(), why, dry_run: false }) {
             Ok(Handled::Ran { result, .. }) => {
                 self.sh.stats().actions += 1;
+                let today = ghost_model::router::budget::utc_date(now_ms());
+                let proposed = self.sh.learning.lock().unwrap_or_else(|p| p.into_inner()).record(o, &tool, &args, result.is_ok(), &today);
+                if let Some(name) = proposed {
+                    let line = format!("learned: the model's {tool} for {} / {} worked again and again; proposed as rule {name} (ghostctl proposals, ghostctl accept {name})", o.source.as_str(), o.kind);
+                    eprintln!("ghost agent: {line}");
+                    remember(&self.sh.memory, Episode::new(EpisodeKind::Note, "agent", line).salience(0.8), decision_id);
+                }
                 format!("the model's call ran: {}", if result.is_ok() { "ok" } else { "failed" })
             }
             Ok(Handled::Pending { request_id, .. }) => format!("the model's call waits for the operator: ghostctl approve {request_id}"),
@@ -471,6 +485,17 @@ impl Heart {
             Err(e) => format!("the model's call could not be made: {e}"),
         };
         remember(&self.sh.memory, Episode::new(EpisodeKind::Outcome, subject, outcome).salience(0.6), decision_id);
+    }
+
+    /// Reads the rule files again (after a proposal was accepted); the old rules stay when the
+    /// new ones have problems.
+    fn reload_rules(&mut self) {
+        let (rules, problems) = RuleSet::load_dir(&self.sh.rules_dir);
+        problems.iter().for_each(|p| eprintln!("ghost agent: WARNING: {p}"));
+        let root = if self.sh.root.dir() == Path::new("/") { String::new() } else { self.sh.root.dir().display().to_string() };
+        self.rules = rules.with_root(&root);
+        self.sh.stats().rules = self.rules.rules().len();
+        eprintln!("ghost agent: rules reloaded: {} rules", self.rules.rules().len());
     }
 
     /// Records how a playbook run ended, and learns from it.

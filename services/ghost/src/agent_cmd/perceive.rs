@@ -23,6 +23,8 @@ pub enum Input {
     Obs(Observation),
     /// An operator resolved a call a playbook waits for: approved (and run) or not.
     Resolved { request_id: String, outcome: Result<ghost_audit::gate::Handled, String> },
+    /// The rule files changed (a proposal was accepted): read them again.
+    ReloadRules,
 }
 
 /// ghost-init's control socket (GHOST_SOCKET, or under GHOST_ROOT).

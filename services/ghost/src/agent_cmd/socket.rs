@@ -186,6 +186,18 @@ fn answer(sh: &Shared, req: AgentRequest, who: &str) -> Result<AgentReply, Strin
             sh.goals.lock().unwrap_or_else(|p| p.into_inner()).drop_goal(&id, &reason, now_ms())?;
             ok(json!({ "id": id, "dropped": true }))
         }
+        AgentRequest::Proposals => {
+            let list = sh.learning.lock().unwrap_or_else(|p| p.into_inner()).proposals();
+            ok(Value::Array(list.into_iter().map(|(name, text)| json!({ "name": name, "text": text })).collect()))
+        }
+        AgentRequest::Accept { name } => {
+            let to = sh.learning.lock().unwrap_or_else(|p| p.into_inner()).accept(&name, &sh.rules_dir)?;
+            let text = format!("{who} accepted the learned rule {name}");
+            let why = Why { rule: None, layer: Some("operator".into()), memory_ids: vec![], text: text.clone() };
+            sh.gate.audit().append(ghost_audit::audit::Entry::decision(who, &text, json!({ "rule": name, "file": to.display().to_string() }), why)).map_err(|e| e.to_string())?;
+            sh.send(Input::ReloadRules);
+            ok(json!({ "name": name, "file": to.display().to_string() }))
+        }
         AgentRequest::Message { text } => {
             if text.trim().is_empty() {
                 return Err("text: the message is empty".into());
