@@ -304,3 +304,39 @@ fn a_learned_rule_is_listed_accepted_and_then_decides_without_a_model() {
     let (code, _, err) = w.ctl(&["accept", "nosuch"]);
     assert_eq!(code, 1, "{err}");
 }
+
+#[test]
+fn the_oracle_learns_an_operators_habit_and_starts_the_next_service_ahead() {
+    let sleeper = "exec = [\"/bin/sleep\", \"100000\"]\nrestart = \"never\"\n".to_string();
+    let w = World::start(&[("web", sleeper.clone()), ("worker", sleeper)], |r| r, Isolation::Subreaper);
+    let state = |name: &str| status(&w.root, name).state;
+    let ctl_ok = |args: &[&str]| {
+        let (code, out, err) = w.ctl(args);
+        assert_eq!(code, 0, "ghostctl {args:?}: {out}{err}");
+    };
+    let wait_state = |name: &str, want: ghost_proto::State| assert!(eventually(Duration::from_secs(10), || state(name) == want), "{name} is not {want:?}: {:?}", state(name));
+    w.running_pid("web");
+    w.running_pid("worker");
+    ctl_ok(&["stop", "worker"]);
+    wait_state("worker", ghost_proto::State::Stopped);
+    ctl_ok(&["stop", "web"]);
+    wait_state("web", ghost_proto::State::Stopped);
+    // The habit, three times: web, then worker once web is up; then both down again.
+    for _ in 0..3 {
+        ctl_ok(&["start", "web"]);
+        wait_state("web", ghost_proto::State::Running);
+        ctl_ok(&["start", "worker"]);
+        wait_state("worker", ghost_proto::State::Running);
+        ctl_ok(&["stop", "worker"]);
+        wait_state("worker", ghost_proto::State::Stopped);
+        ctl_ok(&["stop", "web"]);
+        wait_state("web", ghost_proto::State::Stopped);
+    }
+    // The fourth time the operator starts only web: the Oracle starts worker ahead of them.
+    ctl_ok(&["start", "web"]);
+    assert!(eventually(Duration::from_secs(10), || state("worker") == ghost_proto::State::Running), "worker was not started ahead: {}", w.ctl(&["agent"]).1);
+    assert_eq!(w.audited("service.start", "oracle", "ok"), 1);
+    let oracle = &w.ctl_json(&["agent"])["oracle"];
+    assert_eq!(oracle["prewarms"], 1, "{oracle}");
+    assert!(oracle["accuracy"].as_f64().unwrap() > oracle["baseline"].as_f64().unwrap(), "held-back accuracy beats the most-frequent baseline: {oracle}");
+}

@@ -11,6 +11,7 @@ mod config;
 mod goals;
 mod known_good;
 mod learn;
+mod oracle;
 mod perceive;
 mod socket;
 mod think;
@@ -97,6 +98,7 @@ pub struct Shared {
     pub public_key: PublicKey,
     pub rules_dir: PathBuf,
     pub learning: Mutex<learn::Learning>,
+    pub oracle: Mutex<oracle::Oracle>,
     pub started: Instant,
     stats: Mutex<Stats>,
 }
@@ -126,6 +128,10 @@ impl Shared {
             ghost_memory::Mode::InProcess => "in-process",
         });
         v["memory_episodes"] = json!(health.hot_episodes);
+        let oracle = self.oracle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut o = oracle.accuracy();
+        o["prewarms"] = json!(oracle.prewarms);
+        v["oracle"] = o;
         v["mode"] = json!(self.gate.mode().as_str());
         v["uptime_s"] = json!((self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0);
         v
@@ -168,6 +174,8 @@ struct Heart {
     max_failures: u32,
     last_goal_check: Instant,
     model: think::Model,
+    /// When the Oracle last pre-warmed each service.
+    prewarmed: HashMap<String, Instant>,
     /// The constitution's model tokens per hour.
     tokens: RateLimiter,
 }
@@ -237,6 +245,7 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
         public_key,
         rules_dir: rules_dir.clone(),
         learning: Mutex::new(learn::Learning::load(&paths.identity_dir, 3)),
+        oracle: Mutex::new(oracle::Oracle::load(paths.identity_dir.join("oracle.json"), 3, 0.6)),
         started: Instant::now(),
         stats: Mutex::new(Stats { rules: rules.rules().len(), ..Stats::default() }),
     });
@@ -272,6 +281,7 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
         max_failures: cfg.max_failures,
         model: think::Model::new(root.path(&cfg.model_socket), cfg.model_max_tokens, cfg.model_timeout, &Registry::builtin(), mode_now, &|t: &str| allowed_tools.contains(&t.to_string())),
         tokens: RateLimiter::new(bounds),
+        prewarmed: HashMap::new(),
         last_goal_check: Instant::now() - Duration::from_secs(60),
     };
     heart.schedule_running_services();
@@ -353,6 +363,7 @@ impl Heart {
                             _ => {}
                         }
                     }
+                    self.anticipate(&e);
                     if let Some(o) = from_event(&e) {
                         self.attention.offer(o);
                     }
@@ -485,6 +496,40 @@ impl Heart {
             Err(e) => format!("the model's call could not be made: {e}"),
         };
         remember(&self.sh.memory, Episode::new(EpisodeKind::Outcome, subject, outcome).salience(0.6), decision_id);
+    }
+
+    /// The Oracle sees the event; a predicted start of a stopped service is pre-warmed.
+    fn anticipate(&mut self, e: &ghost_proto::Event) {
+        let Some(tok) = oracle::token(e) else { return };
+        let prediction = {
+            let mut o = self.sh.oracle.lock().unwrap_or_else(|p| p.into_inner());
+            let p = o.observe(tok);
+            if o.history_len() % 20 == 0 {
+                o.save();
+            }
+            p
+        };
+        let Some(p) = prediction else { return };
+        let Some(service) = p.next.strip_prefix("starting:").or_else(|| p.next.strip_prefix("ready:")) else { return };
+        // Once a minute per service at most, and only when it is down.
+        if self.prewarmed.get(service).is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        let down = perceive::control(&Request::Status { name: Some(service.to_string()) }).ok().and_then(|r| r.services).and_then(|mut s| s.pop()).is_some_and(|s| s.state == State::Stopped);
+        if !down {
+            return;
+        }
+        self.prewarmed.insert(service.to_string(), Instant::now());
+        let text = format!("after {} comes {} ({:.0}% of {} times): starting {service} ahead", p.after, p.next, p.p * 100.0, p.seen);
+        let call = ghost_audit::tools::ToolCall::new("service.start", json!({ "name": service }), text.clone());
+        let why = Why { rule: None, layer: Some("oracle".into()), memory_ids: vec![], text: text.clone() };
+        let outcome = self.sh.gate.handle(ghost_audit::gate::CallRequest { call, actor: "oracle".into(), why, dry_run: false });
+        if let Ok(Handled::Ran { result, .. }) = &outcome {
+            if result.is_ok() {
+                self.sh.oracle.lock().unwrap_or_else(|p| p.into_inner()).prewarms += 1;
+            }
+        }
+        remember(&self.sh.memory, Episode::new(EpisodeKind::Action, service.to_string(), format!("oracle: {text}")).salience(0.5), None);
     }
 
     /// Reads the rule files again (after a proposal was accepted); the old rules stay when the
@@ -629,6 +674,7 @@ impl Heart {
 
 impl Drop for Heart {
     fn drop(&mut self) {
+        self.sh.oracle.lock().unwrap_or_else(|p| p.into_inner()).save();
         let _ = self.sh.memory.flush();
     }
 }
