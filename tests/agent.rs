@@ -340,3 +340,30 @@ fn the_oracle_learns_an_operators_habit_and_starts_the_next_service_ahead() {
     assert_eq!(oracle["prewarms"], 1, "{oracle}");
     assert!(oracle["accuracy"].as_f64().unwrap() > oracle["baseline"].as_f64().unwrap(), "held-back accuracy beats the most-frequent baseline: {oracle}");
 }
+
+#[test]
+fn cpu_and_load_are_sampled_for_the_rules_that_watch_them() {
+    // Thresholds every sample crosses: each metric is observed once, when first sampled.
+    let rules = r#"
+[[rule]]
+name = "cpu-seen"
+when = { source = "metrics", kind = "cpu.used_percent", above = -1.0 }
+playbook = "look"
+
+[[rule]]
+name = "load-seen"
+when = { source = "metrics", kind = "load.1m", above = -1.0 }
+playbook = "look"
+
+[[playbook]]
+name = "look"
+steps = [{ tool = "sys.metrics", args = { cpu_sample_ms = 0, disks = false } }]
+"#;
+    let w = World::start_in(ghost_tests::Root::new(), &[], |r| r, Isolation::Subreaper, "[metrics]\ninterval_ms = 100\n", |root| {
+        std::fs::create_dir_all(root.join("etc/ghost/rules")).unwrap();
+        std::fs::write(root.join("etc/ghost/rules/local.toml"), rules).unwrap();
+    });
+    w.repaired_by("cpu-seen", Duration::from_secs(20));
+    w.repaired_by("load-seen", Duration::from_secs(20));
+    assert_eq!(w.audited("sys.metrics", "rule:cpu-seen", "ok"), 1, "observed once per crossing, not once per sample");
+}

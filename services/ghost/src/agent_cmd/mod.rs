@@ -644,6 +644,14 @@ impl Heart {
             return;
         }
         self.last_goal_check = Instant::now();
+        // The memory budget: past it, old low-salience episodes are summarised and archived.
+        let health = self.sh.memory.health();
+        if health.hot_episodes > health.max_hot_episodes {
+            match self.sh.memory.consolidate() {
+                Ok(r) => eprintln!("ghost agent: memory consolidated: {r:?}"),
+                Err(e) => eprintln!("ghost agent: memory: consolidate: {e}"),
+            }
+        }
         // Episodes recorded while the model server was away get their embeddings now.
         if self.model.available() {
             if let Err(e) = self.sh.memory.embed_pending(256) {

@@ -1,6 +1,8 @@
 //! The agent's senses, each a thread feeding the heartbeat: ghost-init's event stream, the
-//! services' log lines that some log rule's pattern matches, and a sampler of disks, memory
-//! and each service's memory against the thresholds the rules watch.
+//! services' log lines that some log rule's pattern matches, a sampler of CPU, load, memory,
+//! disks and each service's memory against the thresholds the rules watch (`cpu.used_percent`,
+//! `load.1m`, `memory.used_percent`, `disk.used_percent` per filesystem, `service.memory_mb`
+//! per service), file changes and timers.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -133,6 +135,20 @@ pub fn memory_used_percent() -> Option<f64> {
     Some(((total - avail) / total * 1000.0).round() / 10.0)
 }
 
+/// `load.1m`: the one-minute load average.
+pub fn load_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// The busy and total jiffies of all CPUs (/proc/stat), for `cpu.used_percent` between samples.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = text.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = f.iter().sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
 /// The resident memory of each service, MiB.
 pub fn services_memory_mb() -> Vec<(String, f64)> {
     let Ok(reply) = control(&Request::Status { name: None }) else { return Vec::new() };
@@ -144,6 +160,7 @@ pub fn sample(metric: &str, subject: &str) -> Option<f64> {
     match metric {
         "disk.used_percent" => disk_used_percent(Path::new(subject)),
         "memory.used_percent" => memory_used_percent(),
+        "load.1m" => load_1m(),
         "service.memory_mb" => services_memory_mb().into_iter().find(|(n, _)| n == subject).map(|(_, v)| v),
         _ => None,
     }
@@ -154,9 +171,21 @@ pub fn spawn_sampler(mut watch: MetricWatch, disks: Vec<PathBuf>, service_memory
     std::thread::Builder::new()
         .name("agent-metrics".into())
         .spawn(move || {
+            let mut last_cpu = cpu_jiffies();
             while !stop.load(Ordering::Relaxed) {
                 let now = crate::agent_cmd::known_good::now_ms();
                 let mut out = Vec::new();
+                let cpu = cpu_jiffies();
+                if let (Some((b0, t0)), Some((b1, t1))) = (last_cpu, cpu) {
+                    if t1 > t0 {
+                        let pct = ((b1 - b0) as f64 / (t1 - t0) as f64 * 1000.0).round() / 10.0;
+                        out.extend(watch.sample("cpu.used_percent", "", pct, now));
+                    }
+                }
+                last_cpu = cpu;
+                if let Some(l) = load_1m() {
+                    out.extend(watch.sample("load.1m", "", l, now));
+                }
                 let mut seen = Vec::new();
                 for d in &disks {
                     let Some(dev) = st_dev(d) else { continue };
