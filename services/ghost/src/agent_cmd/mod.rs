@@ -417,9 +417,18 @@ impl Heart {
             }
             return;
         };
-        let memory_ids: Vec<String> = obs_id.iter().map(|i| i.to_string()).collect();
+        // Reflect: how this playbook has done, and what the last repairs of this subject were.
+        let recalled = self.sh.memory.query(&ghost_memory::EpisodeFilter { kinds: vec![EpisodeKind::Outcome], source: Some(subject.clone()), limit: 3, ..Default::default() }).unwrap_or_default();
+        let record = self.sh.memory.playbook(&d.playbook).ok().flatten();
+        let mut memory_ids: Vec<String> = obs_id.iter().map(|i| i.to_string()).collect();
+        memory_ids.extend(recalled.iter().map(|e| e.id.to_string()));
         let text = format!("rule {} chose playbook {} for: {}", d.rule, d.playbook, o.text);
-        let data = json!({ "layer": "rule", "rule": d.rule, "playbook": d.playbook, "subject": subject, "steps": d.steps.iter().map(|s| json!({"tool": s.tool, "args": s.args})).collect::<Vec<_>>() });
+        let data = json!({
+            "layer": "rule", "rule": d.rule, "playbook": d.playbook, "subject": subject,
+            "steps": d.steps.iter().map(|s| json!({"tool": s.tool, "args": s.args})).collect::<Vec<_>>(),
+            "playbook_record": record.as_ref().map(|p| json!({ "successes": p.success_count, "failures": p.failure_count, "verified": p.verified })),
+            "recalled": recalled.iter().map(|e| e.episode.text.clone()).collect::<Vec<_>>(),
+        });
         let decision_id = remember(&self.sh.memory, Episode::new(EpisodeKind::Decision, subject.clone(), &text).playbook(&d.playbook).salience(0.7).details(data.clone()), obs_id);
         {
             let mut s = self.sh.stats();
