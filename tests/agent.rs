@@ -335,9 +335,14 @@ fn the_oracle_learns_an_operators_habit_and_starts_the_next_service_ahead() {
     // The fourth time the operator starts only web: the Oracle starts worker ahead of them.
     ctl_ok(&["start", "web"]);
     assert!(eventually(Duration::from_secs(10), || state("worker") == ghost_proto::State::Running), "worker was not started ahead: {}", w.ctl(&["agent"]).1);
+    // The start's audit record is written before the Oracle counts it: wait for both.
+    let mut oracle = Value::Null;
+    let counted = eventually(Duration::from_secs(10), || {
+        oracle = w.ctl_json(&["agent"])["oracle"].clone();
+        oracle["prewarms"] == 1
+    });
+    assert!(counted, "{oracle}");
     assert_eq!(w.audited("service.start", "oracle", "ok"), 1);
-    let oracle = &w.ctl_json(&["agent"])["oracle"];
-    assert_eq!(oracle["prewarms"], 1, "{oracle}");
     assert!(oracle["accuracy"].as_f64().unwrap() > oracle["baseline"].as_f64().unwrap(), "held-back accuracy beats the most-frequent baseline: {oracle}");
 }
 

@@ -84,12 +84,13 @@ impl World {
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("ghostctl {args:?} --json: {e}: {out}"))
     }
 
-    /// Waits for a decision of `rule` whose outcome says it repaired; returns the decision.
+    /// Waits for a decision of `rule` whose outcome says it repaired (verified), or that it was
+    /// done (a playbook with nothing to verify); returns the decision.
     pub fn repaired_by(&self, rule: &str, within: Duration) -> Value {
         let mut found = Value::Null;
         let ok = eventually(within, || {
             let decisions = self.ctl_json(&["decisions", "-n", "50"]);
-            found = decisions.as_array().unwrap().iter().find(|d| d["rule"] == rule && d["outcome"].as_str().is_some_and(|o| o.contains("repaired"))).cloned().unwrap_or(Value::Null);
+            found = decisions.as_array().unwrap().iter().find(|d| d["rule"] == rule && d["outcome"].as_str().is_some_and(|o| o.contains(" repaired ") || o.contains(" done for "))).cloned().unwrap_or(Value::Null);
             !found.is_null()
         });
         assert!(

@@ -40,7 +40,8 @@ impl Guard {
             return Verdict::Escalated { failures: r.failures_in_a_row };
         }
         match r.last_ms {
-            Some(t) if now_ms.saturating_sub(t) < cooldown_ms => Verdict::CoolingDown { left_ms: cooldown_ms - (now_ms - t) },
+            // saturating: the wall clock may step back (NTP, an RTC fixed at boot).
+            Some(t) if now_ms.saturating_sub(t) < cooldown_ms => Verdict::CoolingDown { left_ms: cooldown_ms - now_ms.saturating_sub(t) },
             _ => Verdict::Act,
         }
     }
@@ -66,6 +67,11 @@ impl Guard {
     /// An operator has looked: the rule may act on the subject again.
     pub fn clear(&mut self, rule: &str, subject: &str) {
         self.records.remove(&(rule.to_string(), subject.to_string()));
+    }
+
+    /// The subject is well again (a service became ready): every rule may act on it again.
+    pub fn clear_subject(&mut self, subject: &str) {
+        self.records.retain(|(_, s), _| s != subject);
     }
 }
 

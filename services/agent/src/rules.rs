@@ -444,6 +444,9 @@ fn compile_rule(r: RawRule, path: &Path, playbooks: &HashMap<String, Playbook>) 
     if !playbooks.contains_key(&r.playbook) {
         return Err(format!("playbook: no playbook named {:?}", r.playbook));
     }
+    if r.cooldown_s > 86_400 {
+        return Err(format!("cooldown_s: {} is more than a day (86400)", r.cooldown_s));
+    }
     Ok(Rule {
         name: r.name,
         description: r.description,
@@ -484,6 +487,9 @@ fn compile_playbook(p: RawPlaybook) -> Result<Playbook, String> {
     };
     let verify = match p.verify {
         Some(v) => {
+            if !(1..=600).contains(&v.within_s) {
+                return Err("verify.within_s: must be between 1 and 600 seconds".into());
+            }
             if !(0.0..=600.0).contains(&v.hold_s) {
                 return Err("verify.hold_s: must be between 0 and 600 seconds".into());
             }

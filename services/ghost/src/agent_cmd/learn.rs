@@ -46,6 +46,15 @@ fn generalise(v: &Value, service: &str) -> Value {
     }
 }
 
+/// FNV-1a of the pattern, 24 bits: stable across runs and builds.
+fn key_hash(key: &str) -> u32 {
+    let mut h: u32 = 0x811c9dc5;
+    for b in key.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    h & 0xff_ffff
+}
+
 /// A JSON value as a TOML value (inline tables; strings in JSON's escaping, which TOML's basic
 /// strings share for everything JSON escapes).
 fn toml_value(v: &Value) -> String {
@@ -77,6 +86,7 @@ impl Learning {
     /// success is the one that makes it.
     pub fn record(&mut self, o: &Observation, tool: &str, args: &Value, worked: bool, today: &str) -> Option<String> {
         let (key, general) = pattern(o, tool, args);
+        let hash = key_hash(&key);
         let c = self.counts.entry(key).or_default();
         if worked {
             c.successes += 1;
@@ -86,11 +96,14 @@ impl Learning {
         let due = worked && c.proposed.is_none() && c.successes >= self.after && c.successes > c.failures;
         let mut made = None;
         if due {
-            let name = format!("learned-{}-{}", o.kind.replace(|ch: char| !ch.is_ascii_alphanumeric(), "-"), tool.replace('.', "-"));
+            // Named by kind and tool, plus a short hash of the whole pattern so that two patterns
+            // of one kind and tool never take each other's name.
+            let name = format!("learned-{}-{}-{hash:06x}", o.kind.replace(|ch: char| !ch.is_ascii_alphanumeric(), "-"), tool.replace('.', "-"));
             let text = proposal_text(&name, o, tool, &general, c.successes, today);
             // Only what the rule engine reads back cleanly is proposed.
             let (_, problems) = RuleSet::parse(&[(PathBuf::from(format!("{name}.toml")), text.clone())]);
-            if problems.is_empty() && std::fs::create_dir_all(&self.proposals).is_ok() && std::fs::write(self.proposals.join(format!("{name}.toml")), text).is_ok() {
+            let file = self.proposals.join(format!("{name}.toml"));
+            if problems.is_empty() && !file.exists() && std::fs::create_dir_all(&self.proposals).is_ok() && std::fs::write(&file, text).is_ok() {
                 c.proposed = Some(name.clone());
                 made = Some(name);
             }
@@ -140,6 +153,9 @@ impl Learning {
         let text = std::fs::read_to_string(&from).map_err(|_| format!("no proposal named `{name}` (see ghostctl proposals)"))?;
         std::fs::create_dir_all(rules_dir).map_err(|e| format!("{}: {e}", rules_dir.display()))?;
         let to = rules_dir.join(format!("{name}.toml"));
+        if to.exists() {
+            return Err(format!("{} exists already; nothing was changed", to.display()));
+        }
         let tmp = rules_dir.join(format!(".{name}.toml.tmp"));
         std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &to)).map_err(|e| format!("{}: {e}", to.display()))?;
         let _ = std::fs::remove_file(&from);
@@ -163,7 +179,7 @@ mod tests {
         assert_eq!(l.record(&o("db"), "service.restart", &args("db"), false, "2026-11-22"), None);
         assert_eq!(l.record(&o("api"), "service.restart", &args("api"), true, "2026-11-22"), None);
         let name = l.record(&o("web"), "service.restart", &args("web"), true, "2026-11-22").expect("proposed after 3 successes (1 failure)");
-        assert_eq!(name, "learned-unhealthy-service-restart");
+        assert!(name.starts_with("learned-unhealthy-service-restart-") && name.len() == "learned-unhealthy-service-restart-".len() + 6, "{name}");
         assert_eq!(l.record(&o("web"), "service.restart", &args("web"), true, "2026-11-22"), None, "proposed once");
         let proposals = Learning::load(dir.path(), 3).proposals();
         assert_eq!(proposals.len(), 1);

@@ -19,7 +19,7 @@ mod think;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -93,7 +93,7 @@ pub struct Shared {
     pub executor: Executor,
     pub memory: Arc<Memory>,
     pub goals: Mutex<Goals>,
-    pub tx: Mutex<Sender<Input>>,
+    pub tx: Mutex<SyncSender<Input>>,
     pub audit_dir: PathBuf,
     pub public_key: PublicKey,
     pub rules_dir: PathBuf,
@@ -114,13 +114,14 @@ impl Shared {
 
     /// The status object of `ghostctl agent`.
     pub fn status_json(&self) -> Value {
-        let s = self.stats();
-        let mut v = serde_json::to_value(&*s).unwrap_or(Value::Null);
-        let mut sorted = s.repair_ms.clone();
+        let (mut v, mut sorted, decisions, by_rule) = {
+            let s = self.stats();
+            (serde_json::to_value(&*s).unwrap_or(Value::Null), s.repair_ms.clone(), s.decisions, s.decisions_by_rule)
+        };
         sorted.sort_unstable();
         let pct = |p: f64| sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied();
         v["repair_ms"] = json!({ "count": sorted.len(), "p50": pct(0.5), "p95": pct(0.95), "max": sorted.last() });
-        v["share_without_model"] = json!(if s.decisions == 0 { 1.0 } else { s.decisions_by_rule as f64 / s.decisions as f64 });
+        v["share_without_model"] = json!(if decisions == 0 { 1.0 } else { by_rule as f64 / decisions as f64 });
         v["pending_approvals"] = json!(self.gate.approvals().pending().len());
         let health = self.memory.health();
         v["memory"] = json!(match health.mode {
@@ -221,19 +222,12 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
     problems.iter().for_each(|p| warn(p));
     let hosted_root = if root.dir() == Path::new("/") { String::new() } else { root.dir().display().to_string() };
     let rules = rules.with_root(&hosted_root);
-    for r in rules.rules() {
-        if let Some(pb) = rules.playbook(&r.playbook) {
-            let steps = json!(pb.steps.iter().map(|s| json!({ "tool": s.tool, "args": s.args })).collect::<Vec<_>>());
-            let spec = PlaybookSpec { name: pb.name.clone(), description: pb.description.clone(), trigger: format!("{} ({})", r.name, r.description), steps };
-            if let Err(e) = memory.upsert_playbook(&spec) {
-                warn(&format!("memory: playbook {}: {e}", pb.name));
-            }
-        }
-    }
+    upsert_playbooks(&rules, &memory);
     let (goals, problem) = Goals::load(root.path("/var/lib/ghost/agent/goals.json"), now_ms());
     problem.iter().for_each(|p| warn(p));
 
-    let (tx, rx) = mpsc::channel();
+    // Bounded: senses drop what does not fit while the heartbeat is busy (events wait).
+    let (tx, rx) = mpsc::sync_channel(4096);
     let sh = Arc::new(Shared {
         root: root.clone(),
         gate,
@@ -323,7 +317,7 @@ impl Heart {
                     std::thread::sleep(pace.min - since);
                 }
             }
-            if let Err(exceeded) = beats.try_acquire(Resource::Beats, 1) {
+            if let Err(exceeded) = beats.try_acquire(Resource::Beats, 1).or_else(|e| if e.limit == 0 { Ok(()) } else { Err(e) }) {
                 std::thread::sleep(exceeded.retry_after.min(Duration::from_secs(1)));
                 continue;
             }
@@ -358,7 +352,11 @@ impl Heart {
                 Input::Event(e) => {
                     if let Some(service) = &e.service {
                         match e.kind {
-                            EventKind::Ready => self.snapshots.push((Instant::now() + self.stable, service.clone(), e.pid)),
+                            EventKind::Ready => {
+                                self.snapshots.push((Instant::now() + self.stable, service.clone(), e.pid));
+                                // Well again: rules held back on it after failed repairs may act again.
+                                self.guard.clear_subject(service);
+                            }
                             EventKind::Exited | EventKind::CrashLoop | EventKind::Stopped | EventKind::Oom => self.snapshots.retain(|(_, s, _)| s != service),
                             _ => {}
                         }
@@ -400,7 +398,7 @@ impl Heart {
         let guard = &self.guard;
         let parked = &self.parked;
         let mut escalated = None;
-        let decision = self.rules.decide_where(&o, |r| match guard.check(&r.name, &subject, r.cooldown_s * 1000, now) {
+        let decision = self.rules.decide_where(&o, |r| match guard.check(&r.name, &subject, r.cooldown_s.saturating_mul(1000), now) {
             // One run per rule and subject at a time: not again while one waits for approval.
             Verdict::Act => !parked.values().any(|p| p.decision.rule == r.name && subject_of(&p.obs) == subject),
             Verdict::Escalated { failures } => {
@@ -520,6 +518,11 @@ impl Heart {
         };
         let Some(p) = prediction else { return };
         let Some(service) = p.next.strip_prefix("starting:").or_else(|| p.next.strip_prefix("ready:")) else { return };
+        // A service's own stop or death is never undone ahead of time: that is the operator's
+        // (or the restart policy's) business, not a habit to anticipate.
+        if p.after.split_once(':').is_some_and(|(_, s)| s == service) {
+            return;
+        }
         // Once a minute per service at most, and only when it is down.
         if self.prewarmed.get(service).is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
             return;
@@ -546,6 +549,11 @@ impl Heart {
     fn reload_rules(&mut self) {
         let (rules, problems) = RuleSet::load_dir(&self.sh.rules_dir);
         problems.iter().for_each(|p| eprintln!("ghost agent: WARNING: {p}"));
+        if !problems.is_empty() {
+            eprintln!("ghost agent: the rules were not reloaded; the {} rules in use stay", self.rules.rules().len());
+            return;
+        }
+        upsert_playbooks(&rules, &self.sh.memory);
         let root = if self.sh.root.dir() == Path::new("/") { String::new() } else { self.sh.root.dir().display().to_string() };
         self.rules = rules.with_root(&root);
         self.sh.stats().rules = self.rules.rules().len();
@@ -566,6 +574,11 @@ impl Heart {
             End::Skipped(why) => {
                 self.sh.stats().skipped += 1;
                 remember(&self.sh.memory, Episode::new(EpisodeKind::Outcome, subject, format!("playbook {} not needed: {why}", d.playbook)).playbook(&d.playbook).salience(0.3), decision_id);
+                return;
+            }
+            End::Verified { .. } if d.verify.is_none() => {
+                remember(&self.sh.memory, Episode::new(EpisodeKind::Outcome, subject.clone(), format!("playbook {} done for {subject} (it has nothing to verify)", d.playbook)).playbook(&d.playbook).salience(0.4), decision_id);
+                let _ = self.sh.memory.record_outcome(&d.playbook, true);
                 return;
             }
             End::Verified { checks } => (true, format!("playbook {} repaired {subject}: verified after {checks} checks", d.playbook)),
@@ -685,6 +698,19 @@ impl Heart {
         for (id, text, holds) in changed {
             let line = format!("goal {id} ({text}) {}", if holds { "holds" } else { "does not hold" });
             remember(&self.sh.memory, Episode::new(EpisodeKind::Note, "goals", line).goal(id).salience(if holds { 0.3 } else { 0.7 }), None);
+        }
+    }
+}
+
+/// Procedural memory knows every playbook of the rules (their outcomes are counted there).
+fn upsert_playbooks(rules: &RuleSet, memory: &Memory) {
+    for r in rules.rules() {
+        if let Some(pb) = rules.playbook(&r.playbook) {
+            let steps = json!(pb.steps.iter().map(|s| json!({ "tool": s.tool, "args": s.args })).collect::<Vec<_>>());
+            let spec = PlaybookSpec { name: pb.name.clone(), description: pb.description.clone(), trigger: format!("{} ({})", r.name, r.description), steps };
+            if let Err(e) = memory.upsert_playbook(&spec) {
+                eprintln!("ghost agent: WARNING: memory: playbook {}: {e}", pb.name);
+            }
         }
     }
 }

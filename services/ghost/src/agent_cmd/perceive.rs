@@ -7,7 +7,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,16 @@ pub enum Input {
     Resolved { request_id: String, outcome: Result<ghost_audit::gate::Handled, String> },
     /// The rule files changed (a proposal was accepted): read them again.
     ReloadRules,
+}
+
+/// Hands an observation to the heartbeat without waiting: when it is behind (a long
+/// verification, a slow model), what does not fit in the queue is dropped here rather than
+/// held without bound. False when the heartbeat is gone.
+fn offer(tx: &SyncSender<Input>, o: Observation) -> bool {
+    match tx.try_send(Input::Obs(o)) {
+        Ok(()) | Err(TrySendError::Full(_)) => true,
+        Err(TrySendError::Disconnected(_)) => false,
+    }
 }
 
 /// ghost-init's control socket (GHOST_SOCKET, or under GHOST_ROOT).
@@ -71,7 +81,7 @@ fn follow(what: &'static str, req: Request, stop: Arc<AtomicBool>, mut each: imp
         .expect("spawn a perception thread");
 }
 
-pub fn spawn_events(tx: Sender<Input>, stop: Arc<AtomicBool>) {
+pub fn spawn_events(tx: SyncSender<Input>, stop: Arc<AtomicBool>) {
     follow("events", Request::Events, stop, move |item| match item {
         StreamItem::Event(e) => tx.send(Input::Event(e)).is_ok(),
         _ => true,
@@ -80,7 +90,7 @@ pub fn spawn_events(tx: Sender<Input>, stop: Arc<AtomicBool>) {
 
 /// Log lines matched against the log rules' patterns; a match is an observation whose data
 /// holds the pattern's named groups (digits as numbers: `(?P<port>\d+)` gives a port).
-pub fn spawn_logs(patterns: Vec<Regex>, tx: Sender<Input>, stop: Arc<AtomicBool>) {
+pub fn spawn_logs(patterns: Vec<Regex>, tx: SyncSender<Input>, stop: Arc<AtomicBool>) {
     if patterns.is_empty() {
         return;
     }
@@ -100,7 +110,7 @@ pub fn spawn_logs(patterns: Vec<Regex>, tx: Sender<Input>, stop: Arc<AtomicBool>
                     .service(&line.service)
                     .salience(0.7)
                     .data(Value::Object(data));
-                return tx.send(Input::Obs(o)).is_ok();
+                return offer(&tx, o);
             }
         }
         true
@@ -117,7 +127,7 @@ pub fn disk_used_percent(path: &Path) -> Option<f64> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
         return None;
     }
-    let used = (s.f_blocks - s.f_bfree) as f64;
+    let used = s.f_blocks.saturating_sub(s.f_bfree) as f64;
     let total = used + s.f_bavail as f64;
     (total > 0.0).then(|| (used / total * 1000.0).round() / 10.0)
 }
@@ -161,13 +171,19 @@ pub fn sample(metric: &str, subject: &str) -> Option<f64> {
         "disk.used_percent" => disk_used_percent(Path::new(subject)),
         "memory.used_percent" => memory_used_percent(),
         "load.1m" => load_1m(),
+        "cpu.used_percent" => {
+            let (b0, t0) = cpu_jiffies()?;
+            std::thread::sleep(Duration::from_millis(200));
+            let (b1, t1) = cpu_jiffies()?;
+            (t1 > t0).then(|| ((b1 - b0) as f64 / (t1 - t0) as f64 * 1000.0).round() / 10.0)
+        }
         "service.memory_mb" => services_memory_mb().into_iter().find(|(n, _)| n == subject).map(|(_, v)| v),
         _ => None,
     }
 }
 
 /// The metrics every `interval`; only crossings become observations.
-pub fn spawn_sampler(mut watch: MetricWatch, disks: Vec<PathBuf>, service_memory: bool, interval: Duration, tx: Sender<Input>, stop: Arc<AtomicBool>) {
+pub fn spawn_sampler(mut watch: MetricWatch, disks: Vec<PathBuf>, service_memory: bool, interval: Duration, tx: SyncSender<Input>, stop: Arc<AtomicBool>) {
     std::thread::Builder::new()
         .name("agent-metrics".into())
         .spawn(move || {
@@ -223,7 +239,7 @@ pub fn operator_message(text: &str) -> Observation {
 
 /// File changes under the watched paths (inotify; a directory's entries, not its subtrees):
 /// one observation per changed path (`file` / `changed`, data `path` as the system names it).
-pub fn spawn_file_watch(root: crate::paths::GhostRoot, paths: Vec<String>, tx: Sender<Input>, stop: Arc<AtomicBool>) {
+pub fn spawn_file_watch(root: crate::paths::GhostRoot, paths: Vec<String>, tx: SyncSender<Input>, stop: Arc<AtomicBool>) {
     if paths.is_empty() {
         return;
     }
@@ -274,7 +290,7 @@ pub fn spawn_file_watch(root: crate::paths::GhostRoot, paths: Vec<String>, tx: S
                 seen.push(path.clone());
                 let what = if ev.mask & (libc::IN_DELETE | libc::IN_MOVED_FROM) != 0 { "removed" } else { "changed" };
                 let o = Observation::new(Source::File, what, &format!("{path} {what}"), crate::agent_cmd::known_good::now_ms()).salience(0.4).data(json!({ "path": path }));
-                if tx.send(Input::Obs(o)).is_err() {
+                if !offer(&tx, o) {
                     return;
                 }
             }
@@ -286,14 +302,14 @@ pub fn spawn_file_watch(root: crate::paths::GhostRoot, paths: Vec<String>, tx: S
 }
 
 /// Named timers: an observation `timer` / NAME every period.
-pub fn spawn_timers(timers: Vec<(String, Duration)>, tx: Sender<Input>, stop: Arc<AtomicBool>) {
+pub fn spawn_timers(timers: Vec<(String, Duration)>, tx: SyncSender<Input>, stop: Arc<AtomicBool>) {
     for (name, every) in timers {
         let (tx, stop) = (tx.clone(), stop.clone());
         let spawned = std::thread::Builder::new().name(format!("agent-timer-{name}")).spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(every);
                 let o = Observation::new(Source::Timer, &name, &format!("timer {name} ({} s)", every.as_secs()), crate::agent_cmd::known_good::now_ms()).salience(0.3);
-                if tx.send(Input::Obs(o)).is_err() {
+                if !offer(&tx, o) {
                     return;
                 }
             }

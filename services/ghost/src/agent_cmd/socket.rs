@@ -35,7 +35,16 @@ pub fn serve(sh: Arc<Shared>, path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let clients = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new().name("agent-socket".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
+        for stream in listener.incoming() {
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and the like: say so and let it pass rather than spin.
+                    eprintln!("ghost agent: socket: accept: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+            };
             if !admitted(&stream) {
                 continue;
             }
@@ -79,15 +88,23 @@ fn peer_uid(stream: &UnixStream) -> u32 {
 
 fn client(sh: &Shared, stream: UnixStream) {
     let who = format!("operator (uid {})", peer_uid(&stream));
+    // An idle client lets its slot go after a minute (16 slots at most).
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(60)));
     let Ok(mut writer) = stream.try_clone() else { return };
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
-        match (&mut reader).take(MAX_LINE as u64 + 1).read_line(&mut line) {
-            Ok(0) | Err(_) => return,
+        match (&mut reader).take(MAX_LINE as u64 + 2).read_line(&mut line) {
+            Ok(0) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let _ = writer.write_all(to_line(&AgentReply::error("the request is not UTF-8")).as_bytes());
+                return;
+            }
+            Err(_) => return,
             Ok(_) => {}
         }
-        let reply = if line.len() > MAX_LINE {
+        let too_long = line.trim_end_matches('\n').len() > MAX_LINE;
+        let reply = if too_long {
             AgentReply::error(format!("request longer than {MAX_LINE} bytes"))
         } else {
             match parse_agent_request(line.trim_end()) {
@@ -95,7 +112,7 @@ fn client(sh: &Shared, stream: UnixStream) {
                 Err(e) => AgentReply::error(e),
             }
         };
-        if writer.write_all(to_line(&reply).as_bytes()).is_err() || line.len() > MAX_LINE {
+        if writer.write_all(to_line(&reply).as_bytes()).is_err() || too_long {
             return;
         }
     }
@@ -191,10 +208,16 @@ fn answer(sh: &Shared, req: AgentRequest, who: &str) -> Result<AgentReply, Strin
             ok(Value::Array(list.into_iter().map(|(name, text)| json!({ "name": name, "text": text })).collect()))
         }
         AgentRequest::Accept { name } => {
-            let to = sh.learning.lock().unwrap_or_else(|p| p.into_inner()).accept(&name, &sh.rules_dir)?;
+            // Audited before it takes effect: no rule enters the rules unrecorded.
             let text = format!("{who} accepted the learned rule {name}");
             let why = Why { rule: None, layer: Some("operator".into()), memory_ids: vec![], text: text.clone() };
-            sh.gate.audit().append(ghost_audit::audit::Entry::decision(who, &text, json!({ "rule": name, "file": to.display().to_string() }), why)).map_err(|e| e.to_string())?;
+            let learning = sh.learning.lock().unwrap_or_else(|p| p.into_inner());
+            if !learning.proposals().iter().any(|(n, _)| n == &name) {
+                return Err(format!("no proposal named `{name}` (see ghostctl proposals)"));
+            }
+            sh.gate.audit().append(ghost_audit::audit::Entry::decision(who, &text, json!({ "rule": name }), why)).map_err(|e| e.to_string())?;
+            let to = learning.accept(&name, &sh.rules_dir)?;
+            drop(learning);
             sh.send(Input::ReloadRules);
             ok(json!({ "name": name, "file": to.display().to_string() }))
         }
