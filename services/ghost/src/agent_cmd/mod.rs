@@ -511,7 +511,7 @@ impl Heart {
         let prediction = {
             let mut o = self.sh.oracle.lock().unwrap_or_else(|p| p.into_inner());
             let p = o.observe(tok);
-            if o.history_len() % 20 == 0 {
+            if o.history_len().is_multiple_of(20) {
                 o.save();
             }
             p

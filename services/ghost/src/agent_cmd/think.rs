@@ -109,35 +109,6 @@ impl Model {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn answers_map_back_to_tools_and_anything_else_is_invalid() {
-        let offered = |mode| {
-            let m = Model::new(PathBuf::from("/x"), 64, Duration::from_secs(1), &Registry::builtin(), mode, &|t: &str| t != "net.check");
-            m.names.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>()
-        };
-        let normal = offered(Mode::Normal);
-        assert!(normal.contains(&"service.restart".to_string()) && !normal.contains(&"shell.exec".to_string()), "{normal:?}");
-        assert!(!normal.contains(&"net.check".to_string()), "not allowed by the constitution");
-        assert!(!offered(Mode::Safe).contains(&"service.restart".to_string()));
-        assert!(offered(Mode::Trusted).contains(&"shell.exec".to_string()));
-        let m = Model::new(PathBuf::from("/nonexistent"), 64, Duration::from_secs(1), &Registry::builtin(), Mode::Normal, &|_: &str| true);
-        assert!(m.tools.as_array().unwrap().iter().any(|t| t["function"]["name"] == "service_restart"));
-        let body = |name: &str, args: &str| json!({ "model": "m", "choices": [{ "message": { "tool_calls": [{ "function": { "name": name, "arguments": args } }] } }] }).to_string();
-        match m.parse(body("service_status", r#"{"name":"web"}"#).as_bytes(), "x") {
-            Answer::Call(c, model) => assert_eq!((c.tool.as_str(), c.args["name"].as_str(), model.as_str()), ("service.status", Some("web"), "m")),
-            _ => panic!("a call"),
-        }
-        assert!(matches!(m.parse(body("rm_rf", "{}").as_bytes(), "x"), Answer::Invalid(e) if e.contains("rm_rf")));
-        assert!(matches!(m.parse(body("fs_read", "[1]").as_bytes(), "x"), Answer::Invalid(_)));
-        assert!(matches!(m.parse(b"{\"choices\":[]}", "x"), Answer::Invalid(_)));
-        assert!(matches!(m.ask(&Observation::new(ghost_agent::Source::Operator, "message", "hi", 0), &[]), Answer::Unavailable(_)));
-    }
-}
-
 /// Memory's embeddings from the model server's `/v1/embeddings` (MiniLM there). While the
 /// server is away, recording goes on and the episodes wait for `embed_pending`.
 pub struct ServerEmbedder {
@@ -164,5 +135,34 @@ impl ghost_memory::Embed for ServerEmbedder {
         data.iter()
             .map(|d| d["embedding"].as_array().ok_or("embeddings: no vector".to_string()).map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_map_back_to_tools_and_anything_else_is_invalid() {
+        let offered = |mode| {
+            let m = Model::new(PathBuf::from("/x"), 64, Duration::from_secs(1), &Registry::builtin(), mode, &|t: &str| t != "net.check");
+            m.names.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>()
+        };
+        let normal = offered(Mode::Normal);
+        assert!(normal.contains(&"service.restart".to_string()) && !normal.contains(&"shell.exec".to_string()), "{normal:?}");
+        assert!(!normal.contains(&"net.check".to_string()), "not allowed by the constitution");
+        assert!(!offered(Mode::Safe).contains(&"service.restart".to_string()));
+        assert!(offered(Mode::Trusted).contains(&"shell.exec".to_string()));
+        let m = Model::new(PathBuf::from("/nonexistent"), 64, Duration::from_secs(1), &Registry::builtin(), Mode::Normal, &|_: &str| true);
+        assert!(m.tools.as_array().unwrap().iter().any(|t| t["function"]["name"] == "service_restart"));
+        let body = |name: &str, args: &str| json!({ "model": "m", "choices": [{ "message": { "tool_calls": [{ "function": { "name": name, "arguments": args } }] } }] }).to_string();
+        match m.parse(body("service_status", r#"{"name":"web"}"#).as_bytes(), "x") {
+            Answer::Call(c, model) => assert_eq!((c.tool.as_str(), c.args["name"].as_str(), model.as_str()), ("service.status", Some("web"), "m")),
+            _ => panic!("a call"),
+        }
+        assert!(matches!(m.parse(body("rm_rf", "{}").as_bytes(), "x"), Answer::Invalid(e) if e.contains("rm_rf")));
+        assert!(matches!(m.parse(body("fs_read", "[1]").as_bytes(), "x"), Answer::Invalid(_)));
+        assert!(matches!(m.parse(b"{\"choices\":[]}", "x"), Answer::Invalid(_)));
+        assert!(matches!(m.ask(&Observation::new(ghost_agent::Source::Operator, "message", "hi", 0), &[]), Answer::Unavailable(_)));
     }
 }
