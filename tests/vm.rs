@@ -915,11 +915,6 @@ ghostctl status model | while read -r line; do say "$line"; done
 body='{"messages":[{"role":"user","content":"Is the disk full?"}],"max_tokens":4,"seed":1}'
 answer=$(/bin/busybox timeout 60 /bin/busybox wget -q -O - --header 'Content-Type: application/json' --post-data "$body" http://127.0.0.1:8080/v1/chat/completions)
 say "chat: $(echo "$answer" | grep -o '"object":"[a-z.]*"') $(echo "$answer" | grep -o '"completion_tokens":[0-9]*')"
-# The agent of the image: its socket answers with its figures once it has beaten (at most 60 s).
-tries=0
-beaten() { ghostctl agent --json > /tmp/agent.json 2>/dev/null && ! grep -q '"beats":0,' /tmp/agent.json; }
-until beaten || [ $tries -ge 1200 ]; do tries=$((tries + 1)); sleep 0.05; done
-say "agent: $(cat /tmp/agent.json 2>/dev/null || echo none)"
 say "done: powering off"
 exec ghostctl poweroff
 "#;

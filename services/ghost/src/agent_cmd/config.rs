@@ -100,10 +100,7 @@ impl AgentConfig {
                         _ => bad(&name, "must be an integer from 1 to 100"),
                     },
                     ("metrics", "interval_ms") => ms(v).map(|d| c.metrics_interval = d).unwrap_or_else(|| bad(&name, "must be a positive integer")),
-                    ("metrics", "disks") => match v.as_array().map(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect::<Option<Vec<_>>>()) {
-                        Some(Some(d)) if d.iter().all(|p| p.starts_with('/')) => c.disks = d,
-                        _ => bad(&name, "must be an array of absolute paths"),
-                    },
+                    ("metrics", "disks") => absolute_paths(v).map(|d| c.disks = d).unwrap_or_else(|| bad(&name, "must be an array of absolute paths")),
                     ("metrics", "service_memory") => v.as_bool().map(|b| c.service_memory = b).unwrap_or_else(|| bad(&name, "must be true or false")),
                     ("config", "stable_ms") => ms(v).map(|d| c.stable = d).unwrap_or_else(|| bad(&name, "must be a positive integer")),
                     ("model", "socket") => match v.as_str() {
@@ -115,10 +112,7 @@ impl AgentConfig {
                         _ => bad(&name, "must be an integer from 16 to 4096"),
                     },
                     ("model", "timeout_ms") => ms(v).map(|d| c.model_timeout = d).unwrap_or_else(|| bad(&name, "must be a positive integer")),
-                    ("watch", "paths") => match v.as_array().map(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect::<Option<Vec<_>>>()) {
-                        Some(Some(d)) if d.iter().all(|p| p.starts_with('/')) => c.watch = d,
-                        _ => bad(&name, "must be an array of absolute paths"),
-                    },
+                    ("watch", "paths") => absolute_paths(v).map(|d| c.watch = d).unwrap_or_else(|| bad(&name, "must be an array of absolute paths")),
                     ("approvals", "timeout_s") => match v.as_integer() {
                         Some(n) if n > 0 => c.approval_timeout = Duration::from_secs(n as u64),
                         _ => bad(&name, "must be a positive integer"),
@@ -141,6 +135,12 @@ impl AgentConfig {
     pub fn disk_paths(&self, root: &crate::paths::GhostRoot) -> Vec<PathBuf> {
         self.disks.iter().map(|d| root.path(d)).collect()
     }
+}
+
+/// An array of absolute path strings, or None.
+fn absolute_paths(v: &toml::Value) -> Option<Vec<String>> {
+    let paths: Vec<String> = v.as_array()?.iter().map(|x| x.as_str().map(str::to_string)).collect::<Option<_>>()?;
+    paths.iter().all(|p| p.starts_with('/')).then_some(paths)
 }
 
 #[cfg(test)]

@@ -101,9 +101,8 @@ impl Goals {
         if let Some(dir) = self.path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let tmp = self.path.with_extension("json.tmp");
-        if std::fs::write(&tmp, serde_json::to_vec_pretty(&self.goals).unwrap_or_default()).is_ok() {
-            let _ = std::fs::rename(&tmp, &self.path);
+        if let Err(e) = ghost_audit::util::write_atomic(&self.path, &serde_json::to_vec_pretty(&self.goals).unwrap_or_default(), 0o644) {
+            eprintln!("ghost agent: {}: {e}", self.path.display());
         }
     }
 

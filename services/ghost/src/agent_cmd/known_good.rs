@@ -133,7 +133,7 @@ impl KnownGood {
                 std::fs::copy(&target, backup.join(i.to_string())).map_err(|e| format!("keeping {}: {e}", target.display()))?;
             }
             let saved = std::fs::read(dir.join("files").join(i.to_string())).map_err(|e| format!("the copy of {f}: {e}"))?;
-            write_atomic(&target, &saved).map_err(|e| format!("{}: {e}", target.display()))?;
+            replace_file(&target, &saved).map_err(|e| format!("{}: {e}", target.display()))?;
             restored.push(f.clone());
         }
         let _ = std::fs::write(backup.join("manifest.json"), serde_json::to_vec_pretty(&m.files).unwrap_or_default());
@@ -141,20 +141,16 @@ impl KnownGood {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("ghost-rollback.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let _ = std::fs::set_permissions(&tmp, meta.permissions());
-    }
-    std::fs::rename(&tmp, path)
+/// Unix time in milliseconds (the agent's one clock for records and observations).
+pub fn now_ms() -> u64 {
+    ghost_audit::util::unix_ms(std::time::SystemTime::now())
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+/// Writes `bytes` over `path` atomically and durably, keeping its permission bits.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
+    ghost_audit::util::write_atomic(path, bytes, mode)
 }
 
 #[cfg(test)]

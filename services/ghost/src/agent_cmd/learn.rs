@@ -76,9 +76,8 @@ impl Learning {
     }
 
     fn save(&self) {
-        let tmp = self.path.with_extension("json.tmp");
-        if std::fs::write(&tmp, serde_json::to_vec_pretty(&self.counts).unwrap_or_default()).is_ok() {
-            let _ = std::fs::rename(&tmp, &self.path);
+        if let Err(e) = ghost_audit::util::write_atomic(&self.path, &serde_json::to_vec_pretty(&self.counts).unwrap_or_default(), 0o644) {
+            eprintln!("ghost agent: {}: {e}", self.path.display());
         }
     }
 
@@ -103,7 +102,8 @@ impl Learning {
             // Only what the rule engine reads back cleanly is proposed.
             let (_, problems) = RuleSet::parse(&[(PathBuf::from(format!("{name}.toml")), text.clone())]);
             let file = self.proposals.join(format!("{name}.toml"));
-            if problems.is_empty() && !file.exists() && std::fs::create_dir_all(&self.proposals).is_ok() && std::fs::write(&file, text).is_ok() {
+            // write_new never replaces: a proposal of that name waiting already stays as it is.
+            if problems.is_empty() && std::fs::create_dir_all(&self.proposals).is_ok() && ghost_audit::util::write_new(&file, text.as_bytes(), 0o644).is_ok() {
                 c.proposed = Some(name.clone());
                 made = Some(name);
             }
@@ -153,11 +153,10 @@ impl Learning {
         let text = std::fs::read_to_string(&from).map_err(|_| format!("no proposal named `{name}` (see ghostctl proposals)"))?;
         std::fs::create_dir_all(rules_dir).map_err(|e| format!("{}: {e}", rules_dir.display()))?;
         let to = rules_dir.join(format!("{name}.toml"));
-        if to.exists() {
-            return Err(format!("{} exists already; nothing was changed", to.display()));
-        }
-        let tmp = rules_dir.join(format!(".{name}.toml.tmp"));
-        std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &to)).map_err(|e| format!("{}: {e}", to.display()))?;
+        ghost_audit::util::write_new(&to, text.as_bytes(), 0o644).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!("{} exists already; nothing was changed", to.display()),
+            _ => format!("{}: {e}", to.display()),
+        })?;
         let _ = std::fs::remove_file(&from);
         Ok(to)
     }

@@ -81,9 +81,8 @@ impl Oracle {
     }
 
     pub fn save(&self) {
-        let tmp = self.path.with_extension("json.tmp");
-        if std::fs::write(&tmp, serde_json::to_vec(self).unwrap_or_default()).is_ok() {
-            let _ = std::fs::rename(&tmp, &self.path);
+        if let Err(e) = ghost_audit::util::write_atomic(&self.path, &serde_json::to_vec(self).unwrap_or_default(), 0o644) {
+            eprintln!("ghost agent: {}: {e}", self.path.display());
         }
     }
 

@@ -15,6 +15,8 @@ use ghost_agent::perceive::MetricWatch;
 use ghost_agent::{Observation, Source};
 use ghost_proto::{Event, Request, StreamItem};
 use ghostctl::client::{socket_path_from_env, Connection, Endpoint};
+
+use super::known_good::now_ms;
 use regex::Regex;
 use serde_json::{json, Map, Value};
 
@@ -189,7 +191,7 @@ pub fn spawn_sampler(mut watch: MetricWatch, disks: Vec<PathBuf>, service_memory
         .spawn(move || {
             let mut last_cpu = cpu_jiffies();
             while !stop.load(Ordering::Relaxed) {
-                let now = crate::agent_cmd::known_good::now_ms();
+                let now = now_ms();
                 let mut out = Vec::new();
                 let cpu = cpu_jiffies();
                 if let (Some((b0, t0)), Some((b1, t1))) = (last_cpu, cpu) {
@@ -234,7 +236,7 @@ pub fn spawn_sampler(mut watch: MetricWatch, disks: Vec<PathBuf>, service_memory
 
 /// An operator's message as an observation.
 pub fn operator_message(text: &str) -> Observation {
-    Observation::new(Source::Operator, "message", text, crate::agent_cmd::known_good::now_ms()).salience(0.9).data(json!({ "text": text }))
+    Observation::new(Source::Operator, "message", text, now_ms()).salience(0.9).data(json!({ "text": text }))
 }
 
 /// File changes under the watched paths (inotify; a directory's entries, not its subtrees):
@@ -289,7 +291,7 @@ pub fn spawn_file_watch(root: crate::paths::GhostRoot, paths: Vec<String>, tx: S
                 }
                 seen.push(path.clone());
                 let what = if ev.mask & (libc::IN_DELETE | libc::IN_MOVED_FROM) != 0 { "removed" } else { "changed" };
-                let o = Observation::new(Source::File, what, &format!("{path} {what}"), crate::agent_cmd::known_good::now_ms()).salience(0.4).data(json!({ "path": path }));
+                let o = Observation::new(Source::File, what, &format!("{path} {what}"), now_ms()).salience(0.4).data(json!({ "path": path }));
                 if !offer(&tx, o) {
                     return;
                 }
@@ -308,7 +310,7 @@ pub fn spawn_timers(timers: Vec<(String, Duration)>, tx: SyncSender<Input>, stop
         let spawned = std::thread::Builder::new().name(format!("agent-timer-{name}")).spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(every);
-                let o = Observation::new(Source::Timer, &name, &format!("timer {name} ({} s)", every.as_secs()), crate::agent_cmd::known_good::now_ms()).salience(0.3);
+                let o = Observation::new(Source::Timer, &name, &format!("timer {name} ({} s)", every.as_secs()), now_ms()).salience(0.3);
                 if !offer(&tx, o) {
                     return;
                 }

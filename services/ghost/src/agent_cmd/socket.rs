@@ -68,26 +68,22 @@ pub fn serve(sh: Arc<Shared>, path: &Path) -> std::io::Result<()> {
 
 /// The peer's uid is root's or ours.
 fn admitted(stream: &UnixStream) -> bool {
+    // SAFETY: getuid cannot fail.
+    peer_uid(stream).is_some_and(|uid| uid == 0 || uid == unsafe { libc::getuid() })
+}
+
+/// The connecting process's uid (SO_PEERCRED); None when the kernel does not say.
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
     use std::os::fd::AsRawFd;
     let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: SO_PEERCRED fills a ucred of the size given.
     let r = unsafe { libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len) };
-    // SAFETY: getuid cannot fail.
-    r == 0 && (cred.uid == 0 || cred.uid == unsafe { libc::getuid() })
-}
-
-fn peer_uid(stream: &UnixStream) -> u32 {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: as in `admitted`.
-    unsafe { libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len) };
-    cred.uid
+    (r == 0).then_some(cred.uid)
 }
 
 fn client(sh: &Shared, stream: UnixStream) {
-    let who = format!("operator (uid {})", peer_uid(&stream));
+    let who = format!("operator (uid {})", peer_uid(&stream).unwrap_or(u32::MAX));
     // An idle client lets its slot go after a minute (16 slots at most).
     let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(60)));
     let Ok(mut writer) = stream.try_clone() else { return };
