@@ -1,5 +1,5 @@
-//! ghost: the multi-call userland of ghostos. One subcommand family per file: `model` now;
-//! `agent`, `wizard`, `console` and `improve` arrive with their issues as siblings of it.
+//! ghost: the multi-call userland of ghostos. One subcommand family per file: `model`, `agent`;
+//! `wizard` and `console` live in ghost-console; `improve` arrives with its issue.
 
 mod agent_cmd;
 mod model_cmd;
@@ -21,6 +21,10 @@ enum Command {
     Model(model_cmd::ModelArgs),
     /// The agent: watches the machine, heals what breaks, remembers why (a supervised service)
     Agent(agent_cmd::AgentArgs),
+    /// The first-boot setup wizard (on /dev/console; unattended with a seed file)
+    Wizard(ghost_console::wizard::WizardArgs),
+    /// The operator TUI (on /dev/tty2 and the serial port)
+    Console(ghost_console::tui::ConsoleArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +33,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Model(args) => model_cmd::run(args, &root),
         Command::Agent(args) => agent_cmd::run(args, &root),
+        Command::Wizard(args) => ghost_console::wizard::run(args),
+        Command::Console(args) => ghost_console::tui::run(args),
     };
     match result {
         Ok(code) => code,
