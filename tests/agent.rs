@@ -80,29 +80,74 @@ fn a_crash_loop_after_a_config_change_is_rolled_back_to_the_config_that_ran() {
 }
 
 #[test]
+fn a_repair_still_being_verified_does_not_keep_the_agent_from_the_next_one() {
+    // A playbook whose verification cannot hold for 30 s (it waits for a service that does not
+    // exist), started once by a timer…
+    let rules = r#"
+[[rule]]
+name = "slow-check"
+when = { source = "timer", kind = "slow" }
+playbook = "wait-for-nothing"
+cooldown_s = 600
+
+[[playbook]]
+name = "wait-for-nothing"
+steps = [{ tool = "sys.metrics", args = { cpu_sample_ms = 0, disks = false } }]
+verify = { tool = "service.status", args = { name = "nosuch" }, expect = { state = "running" }, within_s = 30 }
+"#;
+    let agent_toml = World::fast_config(&[]) + "[timers]\nslow = 1\n";
+    let sleeper = "exec = [\"/bin/sleep\", \"100000\"]\nrestart = \"never\"\n".to_string();
+    let w = World::start_in(ghost_tests::Root::new(), &[("victim", sleeper)], |r| r, Isolation::Subreaper, &agent_toml, |root| {
+        std::fs::create_dir_all(root.join("etc/ghost/rules")).unwrap();
+        std::fs::write(root.join("etc/ghost/rules/local.toml"), rules).unwrap();
+    });
+    let pid = w.running_pid("victim");
+    assert!(eventually(Duration::from_secs(10), || w.ctl_json(&["agent"])["verifying"] == 1), "the slow verification is under way: {}", w.ctl(&["agent"]).1);
+    // …while a service dies: it is revived and verified at once, not 30 s later.
+    let t = Instant::now();
+    kill(pid, libc::SIGKILL);
+    w.repaired_by("revive-dead-service", Duration::from_secs(10));
+    let took = t.elapsed();
+    let status = w.ctl_json(&["agent"]);
+    assert_eq!(status["verifying"], 1, "the slow one is still being verified: {status}");
+    assert_eq!(status["repairs_failed"], 0, "{status}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_ne!(w.running_pid("victim"), pid);
+}
+
+#[test]
 fn a_full_disk_gets_its_temporary_files_cleaned_and_has_room_again() {
-    let w = World::start(&[], |r| r, Isolation::PidNamespace);
+    // The shipped rule acts above 90%; here above 99%, so that the host disk under the test's
+    // root (which may well be over 90% full on a build machine) is never what the agent sees
+    // as full — only the tmpfs below is. The verification (below 90%) is the shipped one.
+    let w = World::start_configured(&[], |r| r.replace("kind = \"disk.used_percent\", above = 90.0", "kind = \"disk.used_percent\", above = 99.0"), Isolation::PidNamespace, &World::fast_config(&["/tmp"]));
     let tmp = w.path("/tmp");
+    let staging = w.path("/staging");
     std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::create_dir_all(&staging).unwrap();
     let ns = w.ghost.pid.to_string();
-    // A 4 MiB tmpfs in ghost-init's own mount namespace (not the host's), then filled.
-    let mount = Command::new("nsenter").args(["-t", &ns, "-m", "mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&tmp).output().unwrap();
+    let in_ns = |cmd: &str| Command::new("nsenter").args(["-t", &ns, "-m", "sh", "-c", cmd]).output().unwrap();
+    // A 4 MiB tmpfs in ghost-init's own mount namespace (not the host's), filled and aged where
+    // the agent does not look, then moved onto /tmp in one step: the agent never sees it full
+    // before its files have their age.
+    let mount = in_ns(&format!("mount -t tmpfs -o size=4m tmpfs {}", staging.display()));
     assert!(mount.status.success(), "mount: {}", String::from_utf8_lossy(&mount.stderr));
-    let junk = tmp.join("junk.bin");
-    let fill = Command::new("nsenter").args(["-t", &ns, "-m", "dd", "if=/dev/zero", "bs=64k", "count=100"]).arg(format!("of={}", junk.display())).output().unwrap();
+    let fill = in_ns(&format!("dd if=/dev/zero bs=64k count=100 of={}/junk.bin", staging.display()));
     assert!(!fill.status.success() && String::from_utf8_lossy(&fill.stderr).contains("No space left"), "the tmpfs fills up: {}", String::from_utf8_lossy(&fill.stderr));
     // Left behind two hours ago (the playbook spares files touched within the hour)…
-    let aged = Command::new("nsenter").args(["-t", &ns, "-m", "touch", "-d", "2 hours ago"]).arg(&junk).output().unwrap();
-    assert!(aged.status.success());
+    let aged = in_ns(&format!("touch -d '2 hours ago' {}/junk.bin", staging.display()));
+    assert!(aged.status.success(), "{}", String::from_utf8_lossy(&aged.stderr));
     // …and one in use now, which must stay (it fits: the tmpfs keeps a few blocks back).
-    let fresh = tmp.join("in-use.sock.lock");
-    let _ = Command::new("nsenter").args(["-t", &ns, "-m", "sh", "-c"]).arg(format!(": > {}", fresh.display())).output().unwrap();
+    in_ns(&format!(": > {}/in-use.sock.lock", staging.display()));
     // A rotated log beside a live one, on the host's disk: the rotated one goes, the live one stays.
     let logs = w.path("/var/log/ghost");
     std::fs::create_dir_all(&logs).unwrap();
     std::fs::write(logs.join("old.log.1"), "rotated\n").unwrap();
+    let moved = in_ns(&format!("mount --move {} {}", staging.display(), tmp.display()));
+    assert!(moved.status.success(), "mount --move: {}", String::from_utf8_lossy(&moved.stderr));
+    let junk = tmp.join("junk.bin");
+    let fresh = tmp.join("in-use.sock.lock");
     w.repaired_by("free-disk-space", Duration::from_secs(30));
-    let in_ns = |cmd: &str| Command::new("nsenter").args(["-t", &ns, "-m", "sh", "-c", cmd]).output().unwrap();
     let still = in_ns(&format!("test -e {}", junk.display()));
     assert!(!still.status.success(), "the old temporary file is gone");
     assert!(in_ns(&format!("test -e {}", fresh.display())).status.success(), "the file in use stays");

@@ -30,9 +30,16 @@ pub struct World {
 }
 
 impl World {
-    /// With fast sampling (100 ms) for tests.
+    /// With fast sampling (100 ms) for tests, and no disks watched: the host's disks are not
+    /// the test's (a CI machine whose disk is over 90% full would have free-disk-space act in
+    /// every test).
     pub fn start(services: &[(&str, String)], edit: impl Fn(String) -> String, isolation: Isolation) -> World {
-        Self::start_configured(services, edit, isolation, "[heartbeat]\nmin_interval_ms = 10\n[metrics]\ninterval_ms = 100\n[config]\nstable_ms = 300\n")
+        Self::start_configured(services, edit, isolation, &Self::fast_config(&[]))
+    }
+
+    /// The tests' agent.toml: fast sampling (100 ms) watching `disks` (system paths).
+    pub fn fast_config(disks: &[&str]) -> String {
+        format!("[heartbeat]\nmin_interval_ms = 10\n[metrics]\ninterval_ms = 100\ndisks = {disks:?}\n[config]\nstable_ms = 300\n")
     }
 
     /// With `agent_toml` as /etc/ghost/agent.toml ("" for the shipped defaults).

@@ -613,7 +613,7 @@ fn what_no_rule_covers_goes_to_the_model_and_its_call_through_policy_and_audit()
     root.ghost_toml("security = \"safe\"\n");
     // The server runs under its own root; the agent finds it through a link in its root
     // (ghost-init starts /run afresh, so the link lives elsewhere).
-    let w = World::start_in(root, &[], |r| r, ghost_tests::Isolation::Subreaper, "[model]\nsocket = \"/var/lib/model.sock\"\nmax_tokens = 64\n", |root| {
+    let w = World::start_in(root, &[], |r| r, ghost_tests::Isolation::Subreaper, "[metrics]\ndisks = []\n[model]\nsocket = \"/var/lib/model.sock\"\nmax_tokens = 64\n", |root| {
         std::fs::create_dir_all(root.join("var/lib")).unwrap();
         std::os::unix::fs::symlink(server.sock(), root.join("var/lib/model.sock")).unwrap();
     });

@@ -314,6 +314,29 @@ struct Head {
     sig: String,
 }
 
+/// An advisory lock (flock) on the trail's directory. The writer holds it exclusively while it
+/// appends a record and replaces `head.json`; [`verify`] shares it while it reads `head.json`
+/// and notes how long each file is, then reads the files up to those lengths without it. So
+/// a verification running beside the agent never sees a record without its head, nor a head
+/// without its record, and never holds the writer up for longer than a few `stat`s.
+struct DirLock(#[allow(dead_code)] File);
+
+impl DirLock {
+    fn take(dir: &Path, exclusive: bool) -> std::io::Result<DirLock> {
+        let f = File::open(dir)?;
+        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+        loop {
+            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), op) } == 0 {
+                return Ok(DirLock(f));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
 fn read_head(dir: &Path) -> Result<Option<Head>, String> {
     match std::fs::read_to_string(dir.join(HEAD_FILE)) {
         Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| format!("not a head record: {e}")),
@@ -573,6 +596,8 @@ impl AuditLog {
             tail.open = Some((day.clone(), f));
         }
         let path = self.dir.join(day_file(&day));
+        // Held until the head is replaced too (see DirLock).
+        let _lock = DirLock::take(&self.dir, true).map_err(io(&self.dir))?;
         let (_, f) = tail.open.as_mut().expect("opened above");
         let before = f.seek(SeekFrom::End(0)).map_err(io(&path))?;
         if let Err(e) = f.write_all(line.as_bytes()).and_then(|_| f.sync_data()) {
@@ -702,13 +727,29 @@ struct Seen {
 /// Errors only when the directory or a file cannot be read.
 pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report, AuditError> {
     let mut report = Report::default();
-    let files = log_files(dir).map_err(io(dir))?;
+    // One consistent moment of the trail: head.json and each file's length (see DirLock).
+    let (head, files) = {
+        let _lock = match DirLock::take(dir, false) {
+            Ok(l) => Some(l),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(dir)(e)),
+        };
+        let head = read_head(dir);
+        let mut files = Vec::new();
+        for path in log_files(dir).map_err(io(dir))? {
+            let len = std::fs::metadata(&path).map_err(io(&path))?.len();
+            files.push((path, len));
+        }
+        (head, files)
+    };
     let mut seen: Vec<Seen> = Vec::new();
     let problem = |kind, seq, file: &str, line, detail: String| Problem { kind, seq, file: file.into(), line, detail };
-    for path in &files {
+    for (path, len) in &files {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         report.files.push(name.clone());
-        let bytes = std::fs::read(path).map_err(io(path))?;
+        let mut bytes = std::fs::read(path).map_err(io(path))?;
+        // What was appended after that moment is for the next verification.
+        bytes.truncate(*len as usize);
         let text = String::from_utf8_lossy(&bytes);
         let mut lines: Vec<&str> = text.split('\n').collect();
         let torn = lines.pop().filter(|l| !l.is_empty());
@@ -817,7 +858,7 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report, AuditError> {
     report.last_seq = by_seq.keys().next_back().copied();
 
     // The newest records, against head.json.
-    match read_head(dir) {
+    match head {
         Err(e) => report.problems.push(problem(ProblemKind::BadHead, None, HEAD_FILE, 0, e)),
         Ok(None) if report.last_seq.is_some() => {
             report.warnings.push(format!("{HEAD_FILE} is missing: removal of the newest records cannot be detected"))

@@ -324,6 +324,33 @@ fn concurrent_appends_keep_one_chain() {
 }
 
 #[test]
+fn a_verification_beside_a_writer_sees_a_consistent_trail() {
+    // ghostctl audit verify runs while the agent appends: every verification must find the
+    // trail intact, never a head naming a record it has not read yet (CI saw exactly that).
+    let f = fixture();
+    let log = Arc::new(f.open().log);
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for i in 0..300 {
+                log.append(entry(i)).unwrap();
+            }
+        })
+    };
+    let mut verified = 0;
+    while !writer.is_finished() {
+        let r = f.verify();
+        assert!(r.ok(), "verification {verified} beside the writer: {r}");
+        verified += 1;
+    }
+    writer.join().unwrap();
+    let r = f.verify();
+    assert!(r.ok() && r.warnings.is_empty(), "{r}");
+    assert_eq!(r.last_seq, Some(299));
+    assert!(verified > 0);
+}
+
+#[test]
 fn long_strings_are_recorded_abridged_with_their_hash() {
     let big = "x".repeat(100_000);
     let call = ToolCall::new("fs.write", json!({ "path": "/tmp/big", "content": big }), "");

@@ -1,6 +1,7 @@
 //! Acting: the tools that need the agent (service.* through ghost-init's control socket,
 //! service.rollback through the known-good copies, memory.search through memory), and the
-//! run of one playbook — precondition, steps through the gate, verification.
+//! run of one playbook — precondition, steps through the gate — and its verification, which
+//! the heartbeat polls between beats.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +57,8 @@ impl Delegate for SystemDelegate {
 pub enum End {
     /// Every step ran and the verification held (after `checks` checks).
     Verified { checks: u32 },
+    /// Every step ran; the verification is under way (the heartbeat polls it).
+    Verifying(Verification),
     /// A step was refused, or the verification did not hold in time.
     Failed(String),
     /// Step `step` waits for an operator (request `id`); the rest follows the approval.
@@ -93,35 +96,51 @@ fn check_once(sh: &Shared, check: &Check) -> Result<bool, String> {
     }
 }
 
-/// Polls the verification every 20 ms until it holds (and keeps holding for `hold_ms`), or
-/// `within_s` passes. There is no event for "a service's state matches", so this polls.
-pub fn verify(sh: &Shared, v: &Verify) -> Result<u32, String> {
-    let deadline = Instant::now() + Duration::from_secs(v.within_s);
-    let mut checks = 0;
-    let mut held_since: Option<Instant> = None;
-    let mut last = String::from("not checked");
-    loop {
-        checks += 1;
-        match check_once(sh, &v.check) {
+/// A verification under way. The heartbeat checks it once per poll (every
+/// [`VERIFY_POLL`]) until it holds, and keeps holding for `hold_ms`, or `within_s` passes;
+/// there is no event for "a service's state matches", so this polls — but between checks the
+/// heartbeat goes on perceiving and deciding: a slow repair never blinds the agent.
+#[derive(Debug)]
+pub struct Verification {
+    verify: Verify,
+    deadline: Instant,
+    held_since: Option<Instant>,
+    checks: u32,
+    last: String,
+}
+
+/// How often a verification under way is checked.
+pub const VERIFY_POLL: Duration = Duration::from_millis(20);
+
+impl Verification {
+    pub fn start(v: &Verify) -> Verification {
+        Verification { verify: v.clone(), deadline: Instant::now() + Duration::from_secs(v.within_s), held_since: None, checks: 0, last: "not checked".into() }
+    }
+
+    /// One check: `Some(Ok(checks))` once it held long enough, `Some(Err(why))` once its time is
+    /// up, `None` while it is still open.
+    pub fn poll(&mut self, sh: &Shared) -> Option<Result<u32, String>> {
+        self.checks += 1;
+        match check_once(sh, &self.verify.check) {
             Ok(true) => {
-                let since = *held_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= Duration::from_millis(v.hold_ms) {
-                    return Ok(checks);
+                let since = *self.held_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_millis(self.verify.hold_ms) {
+                    return Some(Ok(self.checks));
                 }
             }
             Ok(false) => {
-                held_since = None;
-                last = "the check did not hold".into();
+                self.held_since = None;
+                self.last = "the check did not hold".into();
             }
             Err(e) => {
-                held_since = None;
-                last = e;
+                self.held_since = None;
+                self.last = e;
             }
         }
-        if Instant::now() >= deadline && held_since.is_none() {
-            return Err(format!("not verified within {} s after {checks} checks: {last}", v.within_s));
+        if Instant::now() >= self.deadline && self.held_since.is_none() {
+            return Some(Err(format!("not verified within {} s after {} checks: {}", self.verify.within_s, self.checks, self.last)));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        None
     }
 }
 
@@ -158,10 +177,7 @@ pub fn run_playbook(sh: &Shared, d: &Decision, o: &Observation, memory_ids: &[St
         }
     }
     match &d.verify {
-        Some(v) => match verify(sh, v) {
-            Ok(checks) => End::Verified { checks },
-            Err(e) => End::Failed(e),
-        },
+        Some(v) => End::Verifying(Verification::start(v)),
         None => End::Verified { checks: 0 },
     }
 }

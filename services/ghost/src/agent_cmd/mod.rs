@@ -41,7 +41,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::paths::GhostRoot;
-use act::{remember, run_playbook, subject_of, End, SystemDelegate};
+use act::{remember, run_playbook, subject_of, End, SystemDelegate, Verification, VERIFY_POLL};
 use config::AgentConfig;
 use goals::Goals;
 use known_good::{now_ms, KnownGood};
@@ -78,6 +78,8 @@ pub struct Stats {
     pub skipped: u64,
     pub escalations: u64,
     pub waiting_for_approval: u64,
+    /// Repairs whose verification is under way.
+    pub verifying: u64,
     pub errors: u64,
     pub rules: usize,
     /// Observation time (as the source stamped it) to verified repair, ms, newest last (≤ 200).
@@ -152,6 +154,15 @@ fn system_mode(root: &GhostRoot) -> (Mode, Option<String>) {
     }
 }
 
+/// A playbook run whose verification is under way.
+struct InFlight {
+    verification: Verification,
+    decision: Decision,
+    obs: Observation,
+    memory_ids: Vec<String>,
+    decision_id: Option<i64>,
+}
+
 /// Where a playbook waits for an operator.
 struct Parked {
     decision: Decision,
@@ -169,6 +180,8 @@ struct Heart {
     attention: Attention,
     known_good: KnownGood,
     parked: HashMap<String, Parked>,
+    /// Playbook runs whose verification the loop polls between beats.
+    verifying: Vec<InFlight>,
     /// Services to copy the configuration of once they have run `stable` (due, service, pid).
     snapshots: Vec<(Instant, String, Option<i32>)>,
     stable: Duration,
@@ -270,6 +283,7 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
         attention: Attention::new(256, 8, 10_000),
         known_good: KnownGood::new(root),
         parked: HashMap::new(),
+        verifying: Vec::new(),
         snapshots: Vec::new(),
         stable: cfg.stable,
         max_failures: cfg.max_failures,
@@ -302,12 +316,25 @@ impl Heart {
         let mut last_beat: Option<Instant> = None;
         loop {
             let next_timer = self.snapshots.iter().map(|(due, ..)| due.saturating_duration_since(Instant::now())).min();
-            let wait = next_timer.map_or(pace.current(), |t| t.min(pace.current()));
+            let mut wait = next_timer.map_or(pace.current(), |t| t.min(pace.current()));
+            if !self.verifying.is_empty() {
+                wait = wait.min(VERIFY_POLL);
+            }
             if waiting.is_empty() {
                 match rx.recv_timeout(wait) {
                     Ok(input) => waiting.push(input),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            // Repairs under way are checked between beats; when only they were due (nothing
+            // arrived, no timer, the pace not yet up), that is all this turn does.
+            if !self.verifying.is_empty() {
+                self.poll_verifications();
+                let beat_due = last_beat.is_none_or(|t| t.elapsed() >= pace.current()) || next_timer.is_some_and(|t| t <= wait);
+                if waiting.is_empty() && !beat_due {
+                    self.sh.stats().verifying = self.verifying.len() as u64;
+                    continue;
                 }
             }
             // Never faster than the fastest pace, nor than the constitution's beats per minute.
@@ -340,6 +367,7 @@ impl Heart {
             s.suppressed = self.attention.suppressed;
             s.dropped = self.attention.dropped;
             s.waiting_for_approval = self.parked.len() as u64;
+            s.verifying = self.verifying.len() as u64;
         }
     }
 
@@ -382,6 +410,7 @@ impl Heart {
         for (id, outcome) in resolved {
             self.resume(&id, outcome);
         }
+        self.poll_verifications();
         self.expire_approvals();
         self.take_due_snapshots();
         self.check_goals();
@@ -397,10 +426,15 @@ impl Heart {
         let now = now_ms();
         let guard = &self.guard;
         let parked = &self.parked;
+        let verifying = &self.verifying;
         let mut escalated = None;
         let decision = self.rules.decide_where(&o, |r| match guard.check(&r.name, &subject, r.cooldown_s.saturating_mul(1000), now) {
-            // One run per rule and subject at a time: not again while one waits for approval.
-            Verdict::Act => !parked.values().any(|p| p.decision.rule == r.name && subject_of(&p.obs) == subject),
+            // One run per rule and subject at a time: not again while one waits for approval
+            // or for its verification.
+            Verdict::Act => {
+                !parked.values().any(|p| p.decision.rule == r.name && subject_of(&p.obs) == subject)
+                    && !verifying.iter().any(|f| f.decision.rule == r.name && subject_of(&f.obs) == subject)
+            }
             Verdict::Escalated { failures } => {
                 escalated.get_or_insert((r.name.clone(), failures));
                 false
@@ -564,6 +598,14 @@ impl Heart {
     fn finish(&mut self, d: Decision, o: Observation, memory_ids: Vec<String>, decision_id: Option<i64>, end: End) {
         let subject = subject_of(&o);
         let now = now_ms();
+        let end = match end {
+            End::Verifying(verification) => {
+                self.verifying.push(InFlight { verification, decision: d, obs: o, memory_ids, decision_id });
+                self.sh.stats().verifying = self.verifying.len() as u64;
+                return;
+            }
+            other => other,
+        };
         let (verified, text) = match &end {
             End::Parked { id, step } => {
                 let text = format!("playbook {} waits for the operator: ghostctl approve {id}", d.playbook);
@@ -571,6 +613,8 @@ impl Heart {
                 self.parked.insert(id.clone(), Parked { step: *step, decision: d, obs: o, memory_ids, decision_id });
                 return;
             }
+            // Taken above.
+            End::Verifying(_) => return,
             End::Skipped(why) => {
                 self.sh.stats().skipped += 1;
                 remember(&self.sh.memory, Episode::new(EpisodeKind::Outcome, subject, format!("playbook {} not needed: {why}", d.playbook)).playbook(&d.playbook).salience(0.3), decision_id);
@@ -613,6 +657,22 @@ impl Heart {
             let text = format!("ESCALATION: rule {} failed {} times in a row on {subject}; it stops acting there until the operator steps in", d.rule, self.max_failures);
             eprintln!("ghost agent: {text}");
             remember(&self.sh.memory, Episode::new(EpisodeKind::Note, subject, &text).salience(1.0), decision_id);
+        }
+    }
+
+    /// Checks every verification under way once; the decided ones finish.
+    fn poll_verifications(&mut self) {
+        for mut f in std::mem::take(&mut self.verifying) {
+            match f.verification.poll(&self.sh) {
+                None => self.verifying.push(f),
+                Some(result) => {
+                    let end = match result {
+                        Ok(checks) => End::Verified { checks },
+                        Err(why) => End::Failed(why),
+                    };
+                    self.finish(f.decision, f.obs, f.memory_ids, f.decision_id, end);
+                }
+            }
         }
     }
 
