@@ -463,3 +463,144 @@ fn user_group_supplementary_groups_env_working_dir_and_nofile_are_applied() {
     g.signal(libc::SIGTERM);
     assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
 }
+
+/// The master side of a pseudo-terminal whose slave (`path`) a service is given as its
+/// `terminal`; the test keeps a slave descriptor open too, so that reading the master waits
+/// for output instead of failing while no service holds the slave.
+struct Pty {
+    master: std::os::fd::OwnedFd,
+    _slave: std::fs::File,
+    path: String,
+    /// Everything read from the master so far.
+    seen: String,
+}
+
+impl Pty {
+    fn open() -> Pty {
+        use std::os::fd::FromRawFd;
+        // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on a fresh descriptor we own.
+        unsafe {
+            let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            assert!(fd >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+            let master = std::os::fd::OwnedFd::from_raw_fd(fd);
+            assert_eq!(libc::grantpt(fd), 0);
+            assert_eq!(libc::unlockpt(fd), 0);
+            let mut name = [0 as libc::c_char; 128];
+            assert_eq!(libc::ptsname_r(fd, name.as_mut_ptr(), name.len()), 0);
+            let path = std::ffi::CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned();
+            let slave = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            Pty { master, _slave: slave, path, seen: String::new() }
+        }
+    }
+
+    /// Reads the master until what it showed contains `needle` (up to `timeout`).
+    fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let deadline = Instant::now() + timeout;
+        while !self.seen.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut pfd = libc::pollfd { fd: self.master.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: poll and read on our own descriptor and buffer.
+            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+            if n <= 0 {
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            let got = unsafe { libc::read(self.master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if got > 0 {
+                self.seen.push_str(&String::from_utf8_lossy(&buf[..got as usize]));
+            }
+        }
+        true
+    }
+
+    fn type_line(&self, text: &str) {
+        use std::os::fd::AsRawFd;
+        let line = format!("{text}\n");
+        // SAFETY: write on our own descriptor.
+        let n = unsafe { libc::write(self.master.as_raw_fd(), line.as_ptr().cast(), line.len()) };
+        assert_eq!(n, line.len() as isize);
+    }
+
+    /// The terminal's device number as /proc/PID/stat's `tty_nr` encodes it.
+    fn tty_nr(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let rdev = std::fs::metadata(&self.path).unwrap().rdev();
+        let (major, minor) = (libc::major(rdev) as u64, libc::minor(rdev) as u64);
+        (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// (session id, tty_nr) of a process, from /proc/PID/stat.
+fn session_and_tty(pid: i32) -> (i32, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    (fields[3].parse().unwrap(), fields[4].parse().unwrap())
+}
+
+fn fd_target(pid: i32, fd: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).map(|p| p.display().to_string()).unwrap_or_else(|e| format!("({e})"))
+}
+
+#[test]
+fn a_service_with_a_terminal_runs_on_it_as_its_controlling_tty() {
+    let root = Root::new();
+    let (mut tty, mut quiet) = (Pty::open(), Pty::open());
+    // What a program on a terminal sees: its name, TERM, a size (a fresh pty has none), and
+    // a line typed at the keyboard.
+    let script = "echo \\\"tty=$(tty) term=$TERM size=$(stty size)\\\"; echo oops >&2; read -r line; echo \\\"got=$line\\\"; exec sleep 1000";
+    root.service("onpty", &format!("exec = [\"/bin/sh\", \"-c\", \"{script}\"]\nterminal = \"{}\"\n", tty.path))
+        .service("quiet", &format!("exec = [\"/bin/sh\", \"-c\", \"{script}\"]\nterminal = \"{}\"\nstderr = \"log\"\n", quiet.path))
+        .service("nowhere", "exec = [\"/bin/sleep\", \"1000\"]\nterminal = \"/dev/ghost-no-such-tty\"\n");
+    let mut g = boot(&root);
+
+    let hello = format!("tty={} term=vt220 size=24 80", tty.path);
+    assert!(tty.wait_for(&hello, BOOT), "the service did not write `{hello}` on its terminal: {:?}\n{}", tty.seen, g.console.text());
+    assert!(tty.wait_for("oops", BOOT), "stderr is on the terminal by default: {:?}", tty.seen);
+    tty.type_line("hello there");
+    assert!(tty.wait_for("got=hello there", BOOT), "the line typed on the terminal did not reach the service: {:?}", tty.seen);
+    let pid = running_pid(&root, "onpty");
+    // A session of its own, with the pty as its controlling terminal, and stdio on it.
+    assert_eq!(session_and_tty(pid), (pid, tty.tty_nr()), "/proc/{pid}/stat: not the session leader on {}", tty.path);
+    for fd in 0..3 {
+        assert_eq!(fd_target(pid, fd), tty.path, "fd {fd} of the service");
+    }
+
+    // stderr = "log": the screen stays the program's, its complaints go to its log.
+    let hello = format!("tty={} term=vt220 size=24 80", quiet.path);
+    assert!(quiet.wait_for(&hello, BOOT), "{:?}", quiet.seen);
+    let logs = || control(&root, "{\"cmd\":\"logs\",\"name\":\"quiet\"}").logs.unwrap_or_default();
+    assert!(eventually(Duration::from_secs(10), || logs().iter().any(|l| l.text == "oops")), "stderr is not in quiet's log: {:?}", logs());
+    assert!(!logs().iter().any(|l| l.text.starts_with("tty=")), "stdout went to the log, not the terminal: {:?}", logs());
+    assert!(!quiet.seen.contains("oops"), "stderr reached the terminal: {:?}", quiet.seen);
+    let quiet_pid = running_pid(&root, "quiet");
+    assert_eq!(fd_target(quiet_pid, 2).starts_with("pipe:"), true, "{}", fd_target(quiet_pid, 2));
+
+    // Killed, it comes back and takes its terminal again.
+    kill(pid, libc::SIGKILL);
+    let mut new = 0;
+    assert!(eventually(Duration::from_secs(10), || {
+        let s = status(&root, "onpty");
+        new = s.pid.unwrap_or(0);
+        s.state == State::Running && new != pid
+    }));
+    tty.seen.clear();
+    assert!(tty.wait_for("term=vt220", BOOT), "the restarted service did not write on its terminal: {:?}", tty.seen);
+    assert_eq!(session_and_tty(new), (new, tty.tty_nr()));
+
+    // A terminal that is not there: a start failure naming the key and the path.
+    g.console.wait_for("service nowhere: failed to start: key `terminal`: /dev/ghost-no-such-tty: No such file or directory", BOOT);
+    assert_ne!(status(&root, "nowhere").state, State::Running);
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
+}

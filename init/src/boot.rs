@@ -230,7 +230,11 @@ impl Init {
 
     /// Reads the service files and starts them.
     fn start_services(&mut self) -> Result<(), String> {
-        let (files, mut problems) = read_service_files(&self.paths.services_dirs());
+        let (mut files, mut problems) = read_service_files(&self.paths.services_dirs());
+        // The operator TUI of [console]; hosted, ghost-init leaves the host's terminals alone.
+        if !self.hosted {
+            crate::service_file::add_console_services(&mut files, &self.config.console);
+        }
         let (mut sup, more) = Supervisor::new(files, Duration::from_secs(self.config.stop_timeout_s));
         problems.extend(more);
         for p in &problems {

@@ -50,13 +50,15 @@ impl Network {
     }
 }
 
+/// `[console]`: where ghost-init runs the operator TUI (`ghost console`), as the services
+/// `console` (on `tui`) and `console-serial` (on `serial`); see `service_file::console_services`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Console {
-    /// Terminal of the operator TUI.
+    /// Terminal of the operator TUI: a name under /dev (`tty2`), a /dev path, or `none`.
     #[serde(default = "Console::default_tui")]
     pub tui: String,
-    /// Headless serial port that also carries the operator TUI, if any.
+    /// Headless serial port that also carries the operator TUI, if any (`ttyS1`).
     #[serde(default)]
     pub serial: Option<String>,
 }
@@ -64,6 +66,29 @@ pub struct Console {
 impl Console {
     fn default_tui() -> String {
         "tty2".into()
+    }
+
+    /// `tty2` or `/dev/tty2` → `/dev/tty2`; `none` → None.
+    pub fn device(name: &str) -> Result<Option<String>, String> {
+        if name == "none" {
+            return Ok(None);
+        }
+        let path = if name.starts_with('/') { name.to_string() } else { format!("/dev/{name}") };
+        crate::service_file::valid_terminal(&path)?;
+        Ok(Some(path))
+    }
+
+    /// The TUI's terminal and the serial port's, checked.
+    pub fn devices(&self) -> Result<(Option<String>, Option<String>), String> {
+        let tui = Self::device(&self.tui).map_err(|e| format!("tui: {e}"))?;
+        let serial = match &self.serial {
+            Some(s) => Self::device(s).map_err(|e| format!("serial: {e}"))?,
+            None => None,
+        };
+        if tui.is_some() && tui == serial {
+            return Err(format!("tui and serial are both {}", self.tui));
+        }
+        Ok((tui, serial))
     }
 }
 
@@ -138,7 +163,11 @@ impl GhostConfig {
                     config.network = n;
                     Ok(())
                 })),
-                "console" => take(field(value).map(|c| config.console = c)),
+                "console" => take(field(value).and_then(|c: Console| {
+                    c.devices()?;
+                    config.console = c;
+                    Ok(())
+                })),
                 "stop_timeout_s" => take(field(value).map(|s| config.stop_timeout_s = s)),
                 _ => problems.push(format!(
                     "{origin}: unknown key `{key}` (known: hostname, modules, security, network, console, stop_timeout_s); ignored"
@@ -203,6 +232,27 @@ serial = "ttyS1"
         assert_eq!(c.stop_timeout_s, 9);
         assert_eq!(c.network.address.as_deref(), Some("10.0.2.15/24"));
         assert_eq!(c.console.tui, "tty3");
+        assert_eq!(c.console.devices(), Ok((Some("/dev/tty3".into()), Some("/dev/ttyS1".into()))));
+    }
+
+    #[test]
+    fn console_terminals_are_device_names_or_none() {
+        for (text, devices) in [
+            ("[console]\ntui = \"none\"\n", (None, None)),
+            ("[console]\ntui = \"/dev/tty4\"\nserial = \"ttyS2\"\n", (Some("/dev/tty4"), Some("/dev/ttyS2"))),
+            ("", (Some("/dev/tty2"), None)),
+        ] {
+            let l = GhostConfig::parse(text, "g.toml");
+            assert!(l.problems.is_empty(), "{:?}", l.problems);
+            let want = (devices.0.map(String::from), devices.1.map(String::from));
+            assert_eq!(l.config.console.devices(), Ok(want), "{text}");
+        }
+        for bad in ["tui = \"../etc/passwd\"", "tui = \"/tmp/tty\"", "serial = \"\"", "tui = \"ttyS1\"\nserial = \"ttyS1\""] {
+            let l = GhostConfig::parse(&format!("[console]\n{bad}\n"), "/etc/ghost/ghost.toml");
+            assert_eq!(l.config.console, GhostConfig::default().console, "{bad}");
+            assert_eq!(l.problems.len(), 1, "{bad}: {:?}", l.problems);
+            assert!(l.problems[0].starts_with("/etc/ghost/ghost.toml: key `console`: "), "{}", l.problems[0]);
+        }
     }
 
     #[test]

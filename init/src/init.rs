@@ -397,7 +397,10 @@ impl Init {
                 Reply { ok: true, stream: Some("events".into()), ..Reply::default() }
             }
             Request::Reload => {
-                let (files, errors) = crate::boot::read_service_files(&self.paths.services_dirs());
+                let (mut files, errors) = crate::boot::read_service_files(&self.paths.services_dirs());
+                if !self.hosted {
+                    crate::service_file::add_console_services(&mut files, &self.config.console);
+                }
                 let report = self.supervisor.reload(files, errors, &mut self.os, now, &mut notes);
                 for e in &report.errors {
                     say!("reload: {e}");

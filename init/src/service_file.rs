@@ -84,6 +84,11 @@ pub struct ServiceFile {
     pub log_keep: Option<u32>,
     #[serde(default)]
     pub critical: bool,
+    /// A terminal under /dev to run on (stdin, stdout and, unless `stderr = "log"`, stderr on
+    /// it; a new session with it as the controlling tty).
+    pub terminal: Option<String>,
+    /// With `terminal`: where stderr goes, `terminal` (the default) or `log`.
+    pub stderr: Option<String>,
 }
 
 impl ServiceFile {
@@ -143,13 +148,70 @@ impl ServiceFile {
         if s.ready == "health" && s.health.is_none() {
             return bad("ready", "`health` needs a `health` probe".into());
         }
+        if let Some(t) = &s.terminal {
+            if let Err(why) = valid_terminal(t) {
+                return bad("terminal", why);
+            }
+        }
+        match (s.stderr.as_deref(), &s.terminal) {
+            (None | Some("terminal" | "log"), Some(_)) | (None | Some("log"), None) => {}
+            (Some("terminal"), None) => return bad("stderr", "`terminal` needs a `terminal` to write to".into()),
+            (Some(other), _) => return bad("stderr", format!("`{other}` is not one of terminal, log")),
+        }
         Ok(s)
+    }
+
+    /// Whether stderr goes to the terminal (rather than to the service's log).
+    pub fn stderr_on_terminal(&self) -> bool {
+        self.terminal.is_some() && self.stderr.as_deref() != Some("log")
     }
 
     /// Reads `dir/NAME.toml`; the name is the file stem.
     pub fn load(path: &Path) -> Result<ServiceFile, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Self::parse(&text, &path.display().to_string())
+    }
+}
+
+/// The operator TUI as ghost.toml's `[console]` asks for it: `ghost console` as the service
+/// `console` on `tui` and as `console-serial` on `serial`, restarted always, stderr to its
+/// log (the screen is the TUI's). A service file of the same name wins over these, so an
+/// operator can tune one (limits, env) without touching ghost.toml.
+pub fn add_console_services(files: &mut BTreeMap<String, ServiceFile>, console: &crate::config::Console) {
+    // Checked when ghost.toml was read; a bad [console] there kept the default.
+    let Ok((tui, serial)) = console.devices() else { return };
+    for (name, device) in [("console", tui), ("console-serial", serial)] {
+        let Some(device) = device else { continue };
+        if files.contains_key(name) {
+            continue;
+        }
+        let Ok(mut spec) = ServiceFile::parse("exec = [\"/usr/bin/ghost\", \"console\"]\nrestart = \"always\"\nrestart_delay_ms = 500\n", "[console]") else {
+            continue;
+        };
+        spec.description = format!("operator console (ghost console) on {device}, from ghost.toml [console]");
+        spec.terminal = Some(device);
+        spec.stderr = Some("log".into());
+        files.insert(name.to_string(), spec);
+    }
+}
+
+/// A terminal path: absolute, under /dev, no `..`. (Whether it exists is checked at each
+/// start: a serial port or a pty may come and go.)
+pub fn valid_terminal(t: &str) -> Result<(), String> {
+    let rest = t.strip_prefix("/dev/").unwrap_or_default();
+    if rest.is_empty() || rest.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(format!("`{t}` is not a device path under /dev (like /dev/tty2 or /dev/ttyS1)"));
+    }
+    Ok(())
+}
+
+/// `TERM` for a service on `terminal`: `linux` on a virtual console (/dev/ttyN), `vt220`
+/// elsewhere (a serial line or a pty: the terminal at the far end is unknown, and vt220 is
+/// what serial consoles have long been set to; the TUI does not read terminfo anyway).
+pub fn term_for(terminal: &str) -> &'static str {
+    match terminal.strip_prefix("/dev/tty") {
+        Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => "linux",
+        _ => "vt220",
     }
 }
 
@@ -262,6 +324,62 @@ critical = false
             assert!(e.contains(key), "error for {text:?} does not name {key}: {e}");
             assert!(!e.contains('\n'), "{e}");
         }
+    }
+
+    #[test]
+    fn terminal_key_is_a_device_path_and_stderr_follows_it() {
+        let s = ServiceFile::parse("exec = [\"/bin/sh\"]\nterminal = \"/dev/tty3\"\n", "t.toml").unwrap();
+        assert_eq!(s.terminal.as_deref(), Some("/dev/tty3"));
+        assert!(s.stderr_on_terminal());
+        let s = ServiceFile::parse("exec = [\"/bin/sh\"]\nterminal = \"/dev/pts/4\"\nstderr = \"log\"\n", "t.toml").unwrap();
+        assert!(!s.stderr_on_terminal());
+        assert!(!ServiceFile::parse("exec = [\"/bin/true\"]", "t.toml").unwrap().stderr_on_terminal());
+        for (text, key) in [
+            ("terminal = \"tty2\"", "terminal"),
+            ("terminal = \"/tmp/tty2\"", "terminal"),
+            ("terminal = \"/dev/../etc/passwd\"", "terminal"),
+            ("terminal = \"/dev/\"", "terminal"),
+            ("terminal = 2", "terminal"),
+            ("stderr = \"terminal\"", "stderr"),
+            ("terminal = \"/dev/tty2\"\nstderr = \"both\"", "stderr"),
+        ] {
+            let e = ServiceFile::parse(&format!("exec = [\"/bin/true\"]\n{text}\n"), "/etc/ghost/services/x.toml").unwrap_err();
+            assert!(e.starts_with("/etc/ghost/services/x.toml") && e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn term_is_linux_on_a_virtual_console_and_vt220_elsewhere() {
+        assert_eq!(term_for("/dev/tty2"), "linux");
+        assert_eq!(term_for("/dev/tty12"), "linux");
+        assert_eq!(term_for("/dev/ttyS1"), "vt220");
+        assert_eq!(term_for("/dev/pts/3"), "vt220");
+        assert_eq!(term_for("/dev/tty"), "vt220");
+    }
+
+    #[test]
+    fn console_section_becomes_services_unless_a_file_names_them() {
+        use crate::config::Console;
+        let mut files = BTreeMap::new();
+        add_console_services(&mut files, &Console { tui: "tty2".into(), serial: Some("ttyS1".into()) });
+        let names: Vec<&str> = files.keys().map(String::as_str).collect();
+        assert_eq!(names, ["console", "console-serial"]);
+        assert_eq!(files["console"].exec, ["/usr/bin/ghost", "console"]);
+        assert_eq!(files["console"].terminal.as_deref(), Some("/dev/tty2"));
+        assert_eq!(files["console-serial"].terminal.as_deref(), Some("/dev/ttyS1"));
+        assert_eq!(files["console-serial"].restart, Restart::Always);
+        assert!(!files["console"].stderr_on_terminal(), "the TUI's stderr goes to its log");
+
+        let mut files = BTreeMap::new();
+        let own = ServiceFile::parse("exec = [\"/bin/sh\"]\nterminal = \"/dev/tty2\"\n", "console.toml").unwrap();
+        files.insert("console".to_string(), own.clone());
+        add_console_services(&mut files, &Console { tui: "tty2".into(), serial: None });
+        assert_eq!(files.len(), 1);
+        assert_eq!(files["console"], own);
+
+        let mut files = BTreeMap::new();
+        add_console_services(&mut files, &Console { tui: "none".into(), serial: None });
+        assert!(files.is_empty());
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct ExecPlan {
     nofile: Option<u64>,
     /// A terminal to make the controlling tty and stdio (console services).
     terminal: Option<CString>,
+    /// With `terminal`: stderr goes to `output`'s stderr pipe (the log) instead.
+    terminal_stderr_to_log: bool,
     /// stdout and stderr; None inherits PID 1's.
     output: Option<[RawFd; 2]>,
     /// Output to /dev/null (probes).
@@ -67,6 +69,7 @@ impl ExecPlan {
             ids: None,
             nofile: None,
             terminal: None,
+            terminal_stderr_to_log: false,
             output: None,
             quiet: false,
             extra_fd: None,
@@ -120,6 +123,12 @@ impl ExecPlan {
                 if crate::sys::child_take_terminal(tty).is_err() {
                     fail(b"ghost-init: cannot take the terminal\n");
                 }
+                if let (true, Some([_, err])) = (self.terminal_stderr_to_log, self.output) {
+                    if libc::dup2(err, 2) < 0 {
+                        fail(b"ghost-init: cannot attach the log pipe\n");
+                    }
+                }
+                crate::sys::child_default_window_size(0);
             }
             None => {
                 if libc::setsid() < 0 {
@@ -243,6 +252,9 @@ impl RealOs {
             ids = Some((uid, gid, supp));
         }
         env.push(("HOME".into(), home));
+        if let Some(t) = &spec.terminal {
+            env.push(("TERM".into(), crate::service_file::term_for(t).into()));
+        }
         // The service's own `env` wins over ours (PATH, GHOST_ROOT, HOME…), except for the
         // sd_notify protocol's variables, which must point at this supervisor.
         let protocol = |k: &str| k == "NOTIFY_SOCKET" || k == "WATCHDOG_USEC";
@@ -254,6 +266,17 @@ impl RealOs {
                 return Err(format!("key `working_dir`: {dir} is not a directory"));
             }
             plan.cwd = Some(c(dir)?);
+        }
+        if let Some(t) = &spec.terminal {
+            // Checked at each start: a serial port or a pty may come and go.
+            use std::os::unix::fs::FileTypeExt;
+            match std::fs::metadata(t) {
+                Ok(m) if m.file_type().is_char_device() => {}
+                Ok(_) => return Err(format!("key `terminal`: {t} is not a character device")),
+                Err(e) => return Err(format!("key `terminal`: {t}: {e}")),
+            }
+            plan.terminal = Some(c(t)?);
+            plan.terminal_stderr_to_log = !spec.stderr_on_terminal();
         }
         plan.ids = ids;
         plan.nofile = spec.nofile;

@@ -195,6 +195,21 @@ pub fn child_take_terminal(tty: &CString) -> io::Result<()> {
     Ok(())
 }
 
+/// In a freshly forked child, on a terminal `fd`: a terminal that knows no size (a serial line
+/// says 0x0) is given 80x24, so that a full-screen program has something to draw on.
+/// Async-signal-safe.
+pub fn child_default_window_size(fd: libc::c_int) {
+    // SAFETY: ioctls on a descriptor with a winsize on the stack.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) == 0 && (ws.ws_row == 0 || ws.ws_col == 0) {
+            ws.ws_row = 24;
+            ws.ws_col = 80;
+            libc::ioctl(fd, libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
 /// In a freshly forked child: unblock every signal. PID 1 blocks the signals it reads from
 /// its signalfd, a mask that exec would otherwise pass on (std's Command does not reset it).
 /// Async-signal-safe.
