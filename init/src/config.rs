@@ -187,19 +187,8 @@ pub fn one_line(msg: &str) -> String {
     msg.split('\n').map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|')).collect::<Vec<_>>().join(": ")
 }
 
-/// RFC 1123 host name: 1..=63 letters, digits and inner hyphens (one label; no domain here).
-pub fn valid_hostname(h: &str) -> Result<(), String> {
-    let ok = !h.is_empty()
-        && h.len() <= 63
-        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && !h.starts_with('-')
-        && !h.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("`{h}` is not a valid host name (1-63 letters, digits and inner hyphens)"))
-    }
-}
+/// RFC 1123 host name; the rule is shared with the wizard (ghost-proto).
+pub use ghost_proto::settings::valid_hostname;
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,7 @@
 //! connection stays usable. Lines longer than [`MAX_LINE`] are refused the same way.
 
 pub mod agent;
+pub mod settings;
 
 use serde::{Deserialize, Serialize};
 

@@ -5,6 +5,8 @@
 use std::net::Ipv4Addr;
 
 use crate::config;
+// The address rules are shared with the first-boot wizard.
+pub use ghost_proto::settings::{check_gateway, parse_cidr, parse_host};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
@@ -74,27 +76,8 @@ pub fn parse_cmdline_ip(v: &str) -> Result<Mode, String> {
 }
 
 fn checked(s: Static) -> Result<Static, String> {
-    if s.gateway == Some(s.address) {
-        return Err(format!("the gateway {} is the address itself", s.address));
-    }
+    check_gateway(s.address, s.gateway)?;
     Ok(s)
-}
-
-/// `10.0.2.15/24`.
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (a, p) = s.split_once('/').ok_or_else(|| format!("`{s}` has no /PREFIX (e.g. 10.0.2.15/24)"))?;
-    let address = parse_host(a, "address")?;
-    let prefix: u8 = p.parse().ok().filter(|p| (1..=32).contains(p)).ok_or_else(|| format!("`/{p}` is not a prefix length (1-32)"))?;
-    Ok((address, prefix))
-}
-
-/// A unicast IPv4 address a host may use; `what` names it in the message.
-fn parse_host(s: &str, what: &str) -> Result<Ipv4Addr, String> {
-    let a: Ipv4Addr = s.trim().parse().map_err(|_| format!("{what} `{s}` is not an IPv4 address"))?;
-    if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || (a.is_loopback() && what != "name server") {
-        return Err(format!("{what} {a} cannot be used here"));
-    }
-    Ok(a)
 }
 
 #[cfg(test)]
