@@ -154,7 +154,11 @@ impl Init {
         }
         let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
         let access = crate::control::Access {
-            ghost_gid: crate::identity::lookup_group(&groups, "ghost").filter(|_| !groups.is_empty() && groups.lines().any(|l| l.starts_with("ghost:"))),
+            // The operator group (ghost.toml [operator] group, `ghost` by default).
+            ghost_gid: {
+                let name = self.config.operator.socket_group();
+                crate::identity::lookup_group(&groups, name).filter(|_| groups.lines().any(|l| l.starts_with(&format!("{name}:"))))
+            },
             // SAFETY: getuid has no failure mode.
             owner_uid: self.hosted.then(|| unsafe { libc::getuid() }),
         };
@@ -173,6 +177,10 @@ impl Init {
         } else {
             Err(problems.join("; "))
         }
+    }
+
+    pub fn reload_config(&mut self) -> Result<(), String> {
+        self.load_config()
     }
 
     fn load_config(&mut self) -> Result<(), String> {
@@ -212,6 +220,16 @@ impl Init {
                 say!("config: using the overlay {}", self.paths.etc("ghost.toml").display());
                 let _ = self.load_config();
             }
+        }
+        // A wizard commit cut short by a power cut: finished if it reached its commit point,
+        // dropped if not, so that the overlay is the old set of files or the new one.
+        match ghost_proto::settings::finish_overlay_commit(&dir.join("etc")) {
+            Ok(moved) if !moved.is_empty() => {
+                say!("state: finished the wizard's interrupted write of {}", moved.join(", "));
+                let _ = self.load_config();
+            }
+            Ok(_) => {}
+            Err(e) => say!("state: the wizard's interrupted write in {}: {e}", dir.join("etc").display()),
         }
         for sub in ["models", "audit", "generations", "snapshots", "etc"] {
             let _ = std::fs::create_dir_all(dir.join(sub));

@@ -18,6 +18,24 @@ pub struct GhostConfig {
     pub console: Console,
     /// Seconds a service gets between its stop signal and SIGKILL at shutdown.
     pub stop_timeout_s: u64,
+    /// Who operates the machine (`[operator]`, written by the first-boot wizard).
+    pub operator: Operator,
+}
+
+/// `[operator]`: the group whose members may use the control socket (default `ghost`), or
+/// an SSH public key line kept for remote access (nothing in the image reads it yet).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operator {
+    pub group: Option<String>,
+    pub key: Option<String>,
+}
+
+impl Operator {
+    /// The group that may reach the control socket.
+    pub fn socket_group(&self) -> &str {
+        self.group.as_deref().unwrap_or("ghost")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -101,6 +119,7 @@ impl Default for GhostConfig {
             network: Network { mode: Network::default_mode(), ..Network::default() },
             console: Console { tui: Console::default_tui(), serial: None },
             stop_timeout_s: 5,
+            operator: Operator::default(),
         }
     }
 }
@@ -169,8 +188,18 @@ impl GhostConfig {
                     Ok(())
                 })),
                 "stop_timeout_s" => take(field(value).map(|s| config.stop_timeout_s = s)),
+                "operator" => take(field(value).and_then(|o: Operator| {
+                    if let Some(g) = &o.group {
+                        ghost_proto::settings::valid_group_name(g)?;
+                    }
+                    if o.key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+                        return Err("key is empty".into());
+                    }
+                    config.operator = o;
+                    Ok(())
+                })),
                 _ => problems.push(format!(
-                    "{origin}: unknown key `{key}` (known: hostname, modules, security, network, console, stop_timeout_s); ignored"
+                    "{origin}: unknown key `{key}` (known: hostname, modules, security, network, console, stop_timeout_s, operator); ignored"
                 )),
             }
         }
@@ -267,6 +296,19 @@ serial = "ttyS1"
         }
         assert!(all.contains("tty"), "{all}");
         assert!(l.problems.iter().all(|p| !p.contains('\n')));
+    }
+
+    #[test]
+    fn the_wizards_operator_table_is_read_and_checked() {
+        let l = GhostConfig::parse("[operator]\ngroup = \"ops\"\n", "g.toml");
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        assert_eq!(l.config.operator.socket_group(), "ops");
+        assert_eq!(GhostConfig::default().operator.socket_group(), "ghost");
+        let l = GhostConfig::parse("[operator]\ngroup = \"Bad Group\"\n", "g.toml");
+        assert_eq!(l.config.operator.socket_group(), "ghost");
+        assert!(l.problems[0].contains("`operator`") && l.problems[0].contains("is not a group name"), "{:?}", l.problems);
+        let l = GhostConfig::parse("[operator]\nkey = \"ssh-ed25519 AAAA x\"\nuser = \"x\"\n", "g.toml");
+        assert!(l.problems[0].contains("`operator`") && l.problems[0].contains("user"), "{:?}", l.problems);
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct Init {
     /// When a service's status line was last printed on the console: progress (a model
     /// download) is shown there at most every [`STATUS_EVERY`], and as events always.
     pub status_said: Option<Instant>,
+    /// The first-boot wizard boot is waiting for (wizard.rs).
+    pub wizard: Option<crate::wizard::WizardRun>,
 }
 
 /// How often a service's status line may reach the console.
@@ -99,6 +101,7 @@ impl Init {
             power_buttons: Default::default(),
             network: None,
             status_said: None,
+            wizard: None,
         };
         init.set_cmdline(cmdline);
         init
@@ -119,7 +122,7 @@ impl Init {
             say!("ghost.emergency=1: stopping after the mounts");
             self.phase = Phase::Rescue { shell: None, resume: true };
             self.enter_rescue();
-        } else {
+        } else if !self.start_wizard() {
             self.boot_services();
         }
         loop {
@@ -152,7 +155,7 @@ impl Init {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let mut d = [self.supervisor.next_deadline(), self.probes.next_deadline(), self.network_deadline()].into_iter().flatten().min();
+        let mut d = [self.supervisor.next_deadline(), self.probes.next_deadline(), self.network_deadline(), self.wizard_deadline()].into_iter().flatten().min();
         if let Phase::Stopping { bound, .. } = self.phase {
             d = Some(d.map_or(bound, |x| x.min(bound)));
         }
@@ -167,6 +170,7 @@ impl Init {
                 }
             }
             Token::Timer => {
+                self.wizard_tick(Instant::now());
                 self.tick();
                 self.network_tick();
             }
@@ -504,6 +508,10 @@ impl Init {
                 self.publish_notes(notes);
                 continue;
             }
+            if self.wizard.as_ref().is_some_and(|w| w.pid == pid) {
+                self.wizard_exited(exit);
+                continue;
+            }
             if let Some(out) = self.probes.on_exit(pid, exit) {
                 self.probe_done(out);
                 continue;
@@ -524,6 +532,7 @@ impl Init {
             return;
         }
         self.reactor.watch_stdin(false);
+        self.stop_wizard();
         let now = Instant::now();
         let up = self.supervisor.services.iter().filter(|s| s.state.is_up()).count();
         say!("{} requested: stopping {up} service(s)", match action {

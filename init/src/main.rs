@@ -26,6 +26,7 @@ mod spawn;
 mod state;
 mod supervisor;
 mod sys;
+mod wizard;
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -348,8 +348,18 @@ impl Os for RealOs {
 
 /// Runs `program` on `tty` as a session leader with the terminal as its controlling tty.
 pub fn spawn_on_terminal(program: &str, tty: &str) -> Result<i32, String> {
-    let env = [("PATH".to_string(), DEFAULT_PATH.to_string()), ("HOME".into(), "/".into()), ("TERM".into(), "linux".into())];
-    let mut plan = ExecPlan::new(&[program.to_string()], &env)?;
-    plan.terminal = Some(c(tty)?);
+    spawn_with(&[program.to_string()], &[("TERM".into(), "linux".into())], Some(tty))
+}
+
+/// Runs `argv` with PATH, HOME and `env` (which wins), on `tty` as above, or without one: its
+/// own session, stdin on /dev/null, stdout and stderr PID 1's (the console).
+pub fn spawn_with(argv: &[String], env: &[(String, String)], tty: Option<&str>) -> Result<i32, String> {
+    let mut all = vec![("PATH".to_string(), DEFAULT_PATH.to_string()), ("HOME".into(), "/".into())];
+    all.retain(|(k, _)| !env.iter().any(|(e, _)| e == k));
+    all.extend(env.iter().cloned());
+    let mut plan = ExecPlan::new(argv, &all)?;
+    if let Some(t) = tty {
+        plan.terminal = Some(c(t)?);
+    }
     plan.spawn()
 }

@@ -66,6 +66,10 @@ pub fn valid_group_name(g: &str) -> Result<(), String> {
     }
 }
 
+/// Where a seed file (the wizard's answers, for unattended installs) is looked for, in order,
+/// under the root: the state partition, then the ESP where something has mounted it.
+pub const SEED_PATHS: &[&str] = &["/var/lib/ghost/seed.toml", "/boot/efi/ghost-seed.toml"];
+
 /// Where the wizard stages the files of one commit, fsynced, before the commit point.
 pub const OVERLAY_PENDING: &str = ".wizard-pending";
 /// The commit point: the staging directory renamed to this name. Once it exists, the files in

@@ -27,8 +27,15 @@ impl GhostRoot {
         self.0.join(Path::new(abs).strip_prefix("/").unwrap_or(Path::new(abs)))
     }
 
+    /// /etc/ghost/model.toml, or the first-boot wizard's copy on the state partition
+    /// (/var/lib/ghost/etc/model.toml) when there is one, as ghost-init overlays ghost.toml.
     pub fn model_toml(&self) -> PathBuf {
-        self.path("/etc/ghost/model.toml")
+        let over = self.path("/var/lib/ghost/etc/model.toml");
+        if over.exists() {
+            over
+        } else {
+            self.path("/etc/ghost/model.toml")
+        }
     }
 
     pub fn models_dir(&self) -> PathBuf {
@@ -62,5 +69,15 @@ mod tests {
         assert_eq!(r.router_dir(), Path::new("/tmp/r/var/lib/ghost/router"));
         assert_eq!(r.resolve(Path::new("/etc/ghost/keys/k")), Path::new("/tmp/r/etc/ghost/keys/k"));
         assert_eq!(GhostRoot(PathBuf::from("/")).resolve(Path::new("/run/ghost/model.sock")), Path::new("/run/ghost/model.sock"));
+    }
+
+    #[test]
+    fn the_wizards_model_toml_overlays_the_images() {
+        let d = tempfile::tempdir().unwrap();
+        let r = GhostRoot::at(d.path());
+        assert_eq!(r.model_toml(), d.path().join("etc/ghost/model.toml"));
+        std::fs::create_dir_all(d.path().join("var/lib/ghost/etc")).unwrap();
+        std::fs::write(d.path().join("var/lib/ghost/etc/model.toml"), "offline = true\n").unwrap();
+        assert_eq!(r.model_toml(), d.path().join("var/lib/ghost/etc/model.toml"));
     }
 }

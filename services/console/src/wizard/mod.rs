@@ -173,6 +173,11 @@ fn interactive(w: &mut Wizard, idle: Option<Duration>) -> std::io::Result<Ended>
             continue;
         }
         match event::read()? {
+            // Ctrl-L redraws the whole screen (kernel messages on the console can scribble on it).
+            Event::Key(k) if k.code == crossterm::event::KeyCode::Char('l') && k.modifiers.contains(crossterm::event::KeyModifiers::CONTROL) => {
+                last_key = Instant::now();
+                term.clear()?;
+            }
             Event::Key(k) if k.kind != KeyEventKind::Release => {
                 last_key = Instant::now();
                 match w.key(k) {

@@ -19,6 +19,8 @@
 
 use std::path::{Path, PathBuf};
 
+use ghost_proto::settings::SEED_PATHS;
+
 use super::answers::{Answers, Env, Field};
 
 const KNOWN: &str = "hostname, network, model, security, operator, timezone";
@@ -26,12 +28,12 @@ const KNOWN: &str = "hostname, network, model, security, operator, timezone";
 /// Where a seed is looked for when `--seed` does not name one: the state partition, then the
 /// ESP (when something has mounted it at /boot/efi).
 pub fn discover(env: &Env) -> Option<PathBuf> {
-    ["/var/lib/ghost/seed.toml", "/boot/efi/ghost-seed.toml"].iter().map(|p| env.path(p)).find(|p| p.is_file())
+    SEED_PATHS.iter().map(|p| env.path(p)).find(|p| p.is_file())
 }
 
 /// The seed paths, for messages.
 pub fn searched(env: &Env) -> String {
-    ["/var/lib/ghost/seed.toml", "/boot/efi/ghost-seed.toml"].iter().map(|p| env.path(p).display().to_string()).collect::<Vec<_>>().join(" and ")
+    SEED_PATHS.iter().map(|p| env.path(p).display().to_string()).collect::<Vec<_>>().join(" and ")
 }
 
 pub fn load(path: &Path, env: &Env) -> Result<Answers, Vec<String>> {

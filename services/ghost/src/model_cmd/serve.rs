@@ -43,8 +43,9 @@ pub struct ServeArgs {
 pub fn run(a: ServeArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
     let manifest = root.model_toml();
     let models = LocalModels::load(&manifest)?;
-    if models.generate.is_none() && models.embed.is_none() {
-        anyhow::bail!("{} lists no model to serve (role = \"generate\" or \"embed\")", manifest.display());
+    let offline = offline(&manifest)?;
+    if models.generate.is_none() && models.embed.is_none() && !offline {
+        anyhow::bail!("{} lists no model to serve (role = \"generate\" or \"embed\"; or `offline = true` to run without one)", manifest.display());
     }
     let config = ServeConfig::load(&manifest)?;
     let socket = a.socket.clone().or(config.socket.as_ref().map(|s| root.path(&s.to_string_lossy()))).unwrap_or_else(|| root.path("/run/ghost/model.sock"));
@@ -159,7 +160,11 @@ impl BringUp {
             }
         }
         self.state.set_phase(Phase::Ready);
-        let line = format!("serving {}", loaded.join(" and "));
+        let line = if loaded.is_empty() {
+            format!("offline: {} lists no model (offline = true); requests are answered that none is configured", self.manifest.display())
+        } else {
+            format!("serving {}", loaded.join(" and "))
+        };
         eprintln!("ghost model serve: {line}");
         self.notifier.ready(&line);
     }
@@ -261,5 +266,18 @@ impl Progress for ServiceProgress<'_> {
     fn finished(&mut self, file: &str, total: u64) {
         self.console.finished(file, total);
         self.publish(format!("downloading {}: {file} {} verified", self.repo, format_bytes(total)));
+    }
+}
+
+/// model.toml's top-level `offline = true`: the operator chose no model (the first-boot
+/// wizard's "no model, stay offline"); the server then fetches and loads nothing and stays up,
+/// so that the service does not crash-loop.
+fn offline(manifest: &std::path::Path) -> anyhow::Result<bool> {
+    let text = std::fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("{}", manifest.display()))?;
+    match table.get("offline") {
+        None => Ok(false),
+        Some(toml::Value::Boolean(b)) => Ok(*b),
+        Some(other) => anyhow::bail!("{}: offline: expected true or false, found {}", manifest.display(), other.type_str()),
     }
 }
