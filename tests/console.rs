@@ -123,12 +123,16 @@ fn the_operator_restarts_a_service_and_approves_a_pending_call_from_the_console(
     tmux.wait_for("Restart sleeper?", long);
     tmux.keys(&["y"]);
     tmux.wait_for("restart sleeper: done", long);
-    let restarted = eventually(long, || {
-        let st = status(&w.root, "sleeper");
-        st.state == State::Running && st.pid.is_some_and(|p| p != before)
-    });
+    // ghostctl sees a new process (exit 0: running), as the operator at a shell would.
+    let pid_by_ghostctl = || -> Option<i64> {
+        let (code, out, _) = w.ctl(&["status", "sleeper", "--json"]);
+        (code == 0).then_some(())?;
+        serde_json::from_str::<Value>(out.trim()).ok()?[0]["pid"].as_i64()
+    };
+    let restarted = eventually(long, || pid_by_ghostctl().is_some_and(|p| p != i64::from(before)));
     assert!(restarted, "ghost-init did not restart the sleeper: {:?}\nscreen:\n{}", status(&w.root, "sleeper"), tmux.screen());
     let after = w.running_pid("sleeper");
+    assert_eq!(status(&w.root, "sleeper").state, State::Running);
     // The console shows the new pid and the restart in the details pane.
     tmux.wait(&format!("the new pid {after}"), long, |s| s.lines().any(|l| l.contains("> sleeper") && l.contains(&after.to_string())));
 

@@ -282,20 +282,39 @@ fn list(conn: &mut Connection, req: &AgentRequest) -> Result<Option<Vec<Value>>,
     }
 }
 
-fn refresh_agent(conn: &mut Connection, tx: &Sender<Msg>, start: Instant) -> Result<bool, Failure> {
+/// What the agent's counters said when decisions were last read.
+#[derive(Default)]
+struct Seen {
+    counters: Option<Vec<u64>>,
+    at: Option<Instant>,
+}
+
+/// Decisions are read again only when a counter that a new decision or a new outcome moves
+/// has moved (each decision costs the agent a memory query for its outcome), and at least
+/// every 10 s.
+const COUNTERS: [&str; 8] = ["decisions", "actions", "repairs_verified", "repairs_failed", "skipped", "escalations", "errors", "waiting_for_approval"];
+
+fn refresh_agent(conn: &mut Connection, tx: &Sender<Msg>, start: Instant, seen: &mut Seen) -> Result<bool, Failure> {
     let status: Value = conn.agent_request(&AgentRequest::Status)?.unwrap_or_default();
+    let counters: Vec<u64> = COUNTERS.iter().map(|k| status[*k].as_u64().unwrap_or(0)).collect();
+    let stale = seen.counters.as_ref() != Some(&counters) || seen.at.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
     if !send(tx, Update::AgentStatus { status, at_ms: at_ms(start) }) {
         return Ok(false);
     }
     type Make = fn(Vec<Value>) -> Update;
-    let asks: [(AgentRequest, Make); 3] =
-        [(AgentRequest::Pending, Update::Pending), (AgentRequest::Decisions { limit: Some(50) }, Update::Decisions), (AgentRequest::Goals, Update::Goals)];
+    let mut asks: Vec<(AgentRequest, Make)> = vec![(AgentRequest::Pending, Update::Pending), (AgentRequest::Goals, Update::Goals)];
+    if stale {
+        asks.push((AgentRequest::Decisions { limit: Some(50) }, Update::Decisions));
+    }
     for (req, make) in asks {
         if let Some(v) = list(conn, &req)? {
             if !send(tx, make(v)) {
                 return Ok(false);
             }
         }
+    }
+    if stale {
+        *seen = Seen { counters: Some(counters), at: Some(Instant::now()) };
     }
     Ok(true)
 }
@@ -334,8 +353,10 @@ pub fn agent_loop(socket: &SocketPath, tx: &Sender<Msg>, cmds: &Receiver<AgentRe
             }
         };
         backoff = FIRST_BACKOFF;
+        // A new connection (perhaps a new agent) reads everything again.
+        let mut seen = Seen::default();
         loop {
-            match refresh_agent(&mut conn, tx, start) {
+            match refresh_agent(&mut conn, tx, start, &mut seen) {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => {
@@ -501,5 +522,73 @@ mod tests {
         let second = requests.recv_timeout(Duration::from_secs(20)).unwrap();
         assert!(second.contains("\"name\":\"web\""), "{second}");
         assert_eq!(text_of(1), "hello from web");
+    }
+
+    #[test]
+    fn the_agent_poller_reads_decisions_only_when_they_can_have_changed_and_passes_approvals_on() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let decisions = Arc::new(AtomicU64::new(1));
+        let asked = Arc::new(AtomicU64::new(0));
+        let (d, a) = (decisions.clone(), asked.clone());
+        std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut w = s;
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                let req: Value = serde_json::from_str(&line).unwrap();
+                let result = match req["cmd"].as_str().unwrap() {
+                    "status" => serde_json::json!({"beats": 7, "decisions": d.load(Ordering::SeqCst)}),
+                    "decisions" => {
+                        a.fetch_add(1, Ordering::SeqCst);
+                        serde_json::json!([{"id": "1", "text": "rule r chose playbook p for: x", "layer": "rule"}])
+                    }
+                    "approve" => serde_json::json!({"decision": "allow", "reason": "approved by operator", "rule": "approvals.approved", "result": {"ok": true}}),
+                    _ => serde_json::json!([]),
+                };
+                writeln!(w, "{}", serde_json::json!({"ok": true, "result": result})).unwrap();
+                line.clear();
+            }
+        });
+        let socket = socket_path(Endpoint::Agent, Some(&path), None, None);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || agent_loop(&socket, &tx, &cmd_rx));
+        let next = || match rx.recv_timeout(Duration::from_secs(20)).expect("the agent poller said nothing for 20 s") {
+            Msg::Update(u) => u,
+            other => panic!("{other:?}"),
+        };
+        let statuses_until_decisions = |limit: usize| {
+            let mut statuses = 0;
+            loop {
+                match next() {
+                    Update::AgentStatus { .. } => statuses += 1,
+                    Update::Decisions(d) => return Some((statuses, d)),
+                    _ => {}
+                }
+                if statuses > limit {
+                    return None;
+                }
+            }
+        };
+        let (_, first) = statuses_until_decisions(1).expect("decisions are read on connecting");
+        assert_eq!(first[0]["layer"], "rule");
+        // Two more rounds with the same counters: no decisions asked.
+        assert!(statuses_until_decisions(2).is_none(), "decisions were read again though nothing changed");
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // A new decision: read again.
+        decisions.store(2, Ordering::SeqCst);
+        assert!(statuses_until_decisions(2).is_some());
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        cmd_tx.send(AgentRequest::Approve { id: "r-1".into() }).unwrap();
+        loop {
+            if let Update::Done { what, result } = next() {
+                assert_eq!((what.as_str(), result.as_deref()), ("approve r-1", Ok("allow (approvals.approved): approved by operator")));
+                break;
+            }
+        }
     }
 }

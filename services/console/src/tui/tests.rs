@@ -422,6 +422,17 @@ fn screens_at_80x24() {
         if *s == Screen::Services {
             press(&mut app, &[KeyCode::Home, KeyCode::Down, KeyCode::Down]);
         }
+        if *s == Screen::Memory {
+            app.memory.query = "redis".into();
+            app.apply(Update::MemoryResults {
+                query: "redis".into(),
+                result: Ok(vec![
+                    json!({"id": "41", "time_ms": NOW_MS - 30_000, "kind": "decision", "source": "rule", "text": "rule revive-dead-service chose playbook revive for: redis exited (signal 9)", "score": 0.934}),
+                    json!({"id": "39", "time_ms": NOW_MS - 31_000, "kind": "observation", "source": "supervisor", "text": "redis exited (signal 9)", "score": 0.871}),
+                    json!({"id": "43", "time_ms": NOW_MS - 29_000, "kind": "outcome", "source": "rule", "text": "redis repaired in 120 ms: running, held 100 ms", "score": 0.802}),
+                ]),
+            });
+        }
         let text = draw(&app, 80, 24);
         assert_eq!(text.lines().count(), 24);
         out.push_str(&format!("==== {} (80×24) ====\n{text}\n", s.title()));
