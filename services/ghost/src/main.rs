@@ -1,7 +1,9 @@
 //! ghost: the multi-call userland of ghostos. One subcommand family per file: `model`, `agent`;
-//! `wizard` and `console` live in ghost-console; `improve` arrives with its issue.
+//! `wizard` and `console` live in ghost-console; `improve` (the crucible) drives
+//! ghost-improve.
 
 mod agent_cmd;
+mod improve_cmd;
 mod model_cmd;
 mod paths;
 
@@ -25,6 +27,9 @@ enum Command {
     Wizard(ghost_console::wizard::WizardArgs),
     /// The operator TUI (on /dev/tty2 and the serial port)
     Console(ghost_console::tui::ConsoleArgs),
+    /// The crucible: judge a candidate against the running code, swap it in only when it is
+    /// correct and faster, roll back on misbehaviour
+    Improve(improve_cmd::ImproveArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +40,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent_cmd::run(args, &root),
         Command::Wizard(args) => ghost_console::wizard::run(args),
         Command::Console(args) => ghost_console::tui::run(args),
+        Command::Improve(args) => improve_cmd::run(args, &root),
     };
     match result {
         Ok(code) => code,

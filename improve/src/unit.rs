@@ -1,0 +1,154 @@
+//! An improvable unit: `/etc/ghost/improve/UNIT.toml`.
+//!
+//! ```toml
+//! source = "/usr/src/ghost/sample"   # the crate (its own workspace) generation 0 is built from
+//! binary = "ghost-sample"            # the [[bin]] the service runs
+//! bench = "ghost-sample-bench"       # the [[bin]] whose run is the benchmark's one workload
+//! service = "sample"                 # the ghost-init service that runs `binary`
+//! protected = ["tests", "benches", "Cargo.toml", "Cargo.lock", "build.rs"]  # the judge: a
+//!                                    # candidate touching any of these is refused
+//! min_gain = 0.05                    # the least gain worth a swap (5% less time)
+//! rounds = 10                        # benchmark pairs, incumbent and candidate interleaved
+//! build_timeout_s = 600
+//! test_timeout_s = 300
+//! probation_s = 10                   # after a swap: a crash or failed health rolls back
+//! ```
+//!
+//! Every key but `source`, `binary` and `bench` is optional; an unknown key or a bad value is an
+//! error that names the file and the key.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unit {
+    pub name: String,
+    pub source: PathBuf,
+    pub binary: String,
+    pub bench: String,
+    pub service: Option<String>,
+    pub protected: Vec<String>,
+    pub min_gain: f64,
+    pub rounds: usize,
+    pub build_timeout: Duration,
+    pub test_timeout: Duration,
+    pub probation: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    source: PathBuf,
+    binary: String,
+    bench: String,
+    service: Option<String>,
+    protected: Option<Vec<String>>,
+    min_gain: Option<f64>,
+    rounds: Option<usize>,
+    build_timeout_s: Option<u64>,
+    test_timeout_s: Option<u64>,
+    probation_s: Option<f64>,
+}
+
+pub const DEFAULT_PROTECTED: [&str; 5] = ["tests", "benches", "Cargo.toml", "Cargo.lock", "build.rs"];
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Unit {
+    /// Reads `dir/NAME.toml`.
+    pub fn load(dir: &Path, name: &str) -> Result<Unit, String> {
+        if !valid_name(name) {
+            return Err(format!("{name:?} is not a unit name (letters, digits, - and _)"));
+        }
+        let path = dir.join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Unit::parse(name, &text, &path.display().to_string())
+    }
+
+    pub fn parse(name: &str, text: &str, origin: &str) -> Result<Unit, String> {
+        let f: File = toml::from_str(text).map_err(|e| format!("{origin}: {}", e.message()))?;
+        let bad = |key: &str, why: &str| Err(format!("{origin}: {key}: {why}"));
+        if !f.source.is_absolute() {
+            return bad("source", "must be an absolute path");
+        }
+        for (key, v) in [("binary", &f.binary), ("bench", &f.bench)] {
+            if !valid_name(v) {
+                return bad(key, "must be a binary name (letters, digits, - and _)");
+            }
+        }
+        let min_gain = f.min_gain.unwrap_or(0.05);
+        if !(0.0..1.0).contains(&min_gain) {
+            return bad("min_gain", "must be at least 0 and below 1 (0.05 is 5% less time)");
+        }
+        let rounds = f.rounds.unwrap_or(10);
+        if !(2..=1000).contains(&rounds) {
+            return bad("rounds", "must be from 2 to 1000");
+        }
+        let probation_s = f.probation_s.unwrap_or(10.0);
+        if !(0.0..=86_400.0).contains(&probation_s) {
+            return bad("probation_s", "must be from 0 to 86400");
+        }
+        let protected = f.protected.unwrap_or_else(|| DEFAULT_PROTECTED.iter().map(|s| s.to_string()).collect());
+        if let Some(p) = protected.iter().find(|p| p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == "..")) {
+            return bad("protected", &format!("{p:?} is not a path inside the unit"));
+        }
+        let secs = |key: &str, v: Option<u64>, default: u64| match v {
+            Some(0) => Err(format!("{origin}: {key}: must be at least 1")),
+            Some(n) => Ok(Duration::from_secs(n)),
+            None => Ok(Duration::from_secs(default)),
+        };
+        Ok(Unit {
+            name: name.to_string(),
+            source: f.source,
+            binary: f.binary,
+            bench: f.bench,
+            service: f.service,
+            protected,
+            min_gain,
+            rounds,
+            build_timeout: secs("build_timeout_s", f.build_timeout_s, 600)?,
+            test_timeout: secs("test_timeout_s", f.test_timeout_s, 300)?,
+            probation: Duration::from_secs_f64(probation_s),
+        })
+    }
+
+    /// Whether `path` (relative to the unit's root) is part of the judge.
+    pub fn is_protected(&self, path: &str) -> bool {
+        let path = path.trim_start_matches("./");
+        self.protected.iter().any(|p| path == p || path.starts_with(&format!("{p}/")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_unit_gets_the_defaults() {
+        let u = Unit::parse("sample", "source = \"/usr/src/ghost/sample\"\nbinary = \"ghost-sample\"\nbench = \"ghost-sample-bench\"\n", "sample.toml").unwrap();
+        assert_eq!((u.min_gain, u.rounds, u.probation), (0.05, 10, Duration::from_secs(10)));
+        assert!(u.is_protected("tests/primes.rs") && u.is_protected("Cargo.toml") && u.is_protected("benches"));
+        assert!(!u.is_protected("src/lib.rs") && !u.is_protected("testsuite.rs"));
+    }
+
+    #[test]
+    fn bad_values_name_the_file_and_key() {
+        let base = "source = \"/s\"\nbinary = \"b\"\nbench = \"c\"\n";
+        for (extra, want) in [
+            ("min_gain = 1.5\n", "u.toml: min_gain: must be at least 0"),
+            ("rounds = 1\n", "u.toml: rounds: must be from 2"),
+            ("protected = [\"../x\"]\n", "u.toml: protected: \"../x\""),
+            ("colour = 1\n", "unknown field `colour`"),
+            ("build_timeout_s = 0\n", "u.toml: build_timeout_s: must be at least 1"),
+        ] {
+            let e = Unit::parse("u", &format!("{base}{extra}"), "u.toml").unwrap_err();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        let e = Unit::parse("u", "source = \"s\"\nbinary = \"b\"\nbench = \"c\"\n", "u.toml").unwrap_err();
+        assert!(e.contains("source: must be an absolute path"), "{e}");
+        assert!(Unit::load(Path::new("/nonexistent"), "../etc").unwrap_err().contains("not a unit name"));
+    }
+}

@@ -1,0 +1,156 @@
+//! `ghost improve`: the crucible from the command line (reference: improve/README.md).
+//!
+//! Units are described in `/etc/ghost/improve/UNIT.toml`; generations live under
+//! `/var/lib/ghost/generations/UNIT/`; proposals wait in `/var/lib/ghost/improve/proposals/UNIT/`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use ghost_improve::crucible::{next_proposal, take_proposal, ControlSocket, Crucible, Outcome, Supervisor, Verdict};
+use ghost_improve::unit::Unit;
+
+use crate::paths::GhostRoot;
+
+#[derive(Args, Debug)]
+pub struct ImproveArgs {
+    #[command(subcommand)]
+    command: ImproveCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImproveCommand {
+    /// Build and test the unit's source as generation 0 (once, before any candidate)
+    Seed { unit: String },
+    /// Judge one candidate: a patch file, or the oldest waiting proposal
+    Run {
+        unit: String,
+        /// A unified diff against the running generation's source (-p1: a/PATH, b/PATH)
+        #[arg(long, value_name = "FILE")]
+        patch: Option<PathBuf>,
+        /// Where proposals wait (default /var/lib/ghost/improve/proposals/UNIT)
+        #[arg(long, value_name = "DIR", conflicts_with = "patch")]
+        proposals: Option<PathBuf>,
+        /// Do not restart the service (a build host: judge and keep the binary only)
+        #[arg(long)]
+        no_service: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Which generation each unit runs, and its last verdict
+    Status {
+        unit: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every verdict of a unit, oldest first
+    History {
+        unit: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put the previous good generation back
+    Rollback {
+        unit: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn say(line: &str) {
+    eprintln!("ghost improve: {line}");
+}
+
+fn print_verdict(v: &Verdict, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(v).unwrap_or_default());
+        return;
+    }
+    let gen = v.generation.map(|g| format!(" generation {g}")).unwrap_or_default();
+    println!("{} {}{gen}: {:?} at {:?}: {}", v.unit, v.candidate, v.outcome, v.stage, v.reason);
+}
+
+pub fn run(args: ImproveArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
+    let units = root.path("/etc/ghost/improve");
+    let generations = root.path("/var/lib/ghost/generations");
+    let control = ControlSocket;
+    let load = |name: &str| Unit::load(&units, name).map_err(anyhow::Error::msg);
+    match args.command {
+        ImproveCommand::Seed { unit } => {
+            let c = Crucible::new(load(&unit)?, &generations, None, &say);
+            let v = c.seed().map_err(anyhow::Error::msg)?;
+            print_verdict(&v, false);
+            Ok(ExitCode::SUCCESS)
+        }
+        ImproveCommand::Run { unit, patch, proposals, no_service, json } => {
+            let u = load(&unit)?;
+            let sv: Option<&dyn Supervisor> = if no_service || u.service.is_none() { None } else { Some(&control) };
+            let c = Crucible::new(u, &generations, sv, &say);
+            let (file, origin) = match patch {
+                Some(p) => {
+                    let origin = format!("file:{}", p.display());
+                    (p, origin)
+                }
+                None => {
+                    let dir = proposals.unwrap_or_else(|| root.path(&format!("/var/lib/ghost/improve/proposals/{unit}")));
+                    let Some(p) = next_proposal(&dir) else { bail!("no proposal waits in {} (*.patch or *.diff)", dir.display()) };
+                    let taken = take_proposal(&dir, &p).map_err(anyhow::Error::msg)?;
+                    (taken, format!("proposals:{}", p.display()))
+                }
+            };
+            let v = c.try_candidate(&file, &origin).map_err(anyhow::Error::msg).with_context(|| format!("candidate {}", file.display()))?;
+            print_verdict(&v, json);
+            // 0 kept, 4 refused or rolled back: a script can tell "judged and not taken" from an error (1).
+            Ok(if v.outcome == Outcome::Kept { ExitCode::SUCCESS } else { ExitCode::from(4) })
+        }
+        ImproveCommand::Status { unit, json } => {
+            let names: Vec<String> = match unit {
+                Some(u) => vec![u],
+                None => {
+                    let mut v: Vec<String> = std::fs::read_dir(&units).into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".toml").map(str::to_string)).collect();
+                    v.sort();
+                    v
+                }
+            };
+            let mut rows = Vec::new();
+            for name in names {
+                let c = Crucible::new(load(&name)?, &generations, None, &say);
+                let history = c.history();
+                let refused = history.iter().filter(|v| v.outcome == Outcome::Refused).count();
+                let rolled_back = history.iter().filter(|v| v.outcome == Outcome::RolledBack).count();
+                rows.push(serde_json::json!({
+                    "unit": name, "generation": c.current(), "verdicts": history.len(),
+                    "refused": refused, "rolled_back": rolled_back, "last": history.last(),
+                }));
+            }
+            if json {
+                println!("{}", serde_json::Value::Array(rows));
+            } else if rows.is_empty() {
+                println!("no improvable units in {}", units.display());
+            } else {
+                for r in rows {
+                    let gen = r["generation"].as_u64().map_or("none (ghost improve seed UNIT)".to_string(), |g| g.to_string());
+                    let last = r["last"]["reason"].as_str().map(|s| format!("; last: {} {}", r["last"]["outcome"].as_str().unwrap_or(""), s)).unwrap_or_default();
+                    println!("{}: generation {gen}; {} verdicts, {} refused, {} rolled back{last}", r["unit"].as_str().unwrap_or(""), r["verdicts"], r["refused"], r["rolled_back"]);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ImproveCommand::History { unit, json } => {
+            let c = Crucible::new(load(&unit)?, &generations, None, &say);
+            for v in c.history() {
+                print_verdict(&v, json);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ImproveCommand::Rollback { unit, json } => {
+            let u = load(&unit)?;
+            let sv: Option<&dyn Supervisor> = if u.service.is_some() { Some(&control) } else { None };
+            let c = Crucible::new(u, &generations, sv, &say);
+            let v = c.rollback().map_err(anyhow::Error::msg)?;
+            print_verdict(&v, json);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The crucible end to end with the sample unit (improve/sample): real cargo builds of each
+//! candidate, its tests in the sandbox, the interleaved benchmark, the swap under a hosted
+//! ghost-init with the service answering, probation and rollback.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ghost_tests::{bin, eventually, free_port, status, wait_for_control, workspace_root, Ghost, Isolation, Root};
+use serde_json::Value;
+
+fn patch(name: &str) -> PathBuf {
+    workspace_root().join("improve/sample/patches").join(format!("{name}.patch"))
+}
+
+fn sandbox_possible() -> bool {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the crucible's sandbox needs root (mount and network namespaces)");
+        return false;
+    }
+    true
+}
+
+/// A root with the sample unit described and seeded as generation 0.
+fn seeded(service: Option<u16>) -> Root {
+    let root = Root::new();
+    let units = root.path().join("etc/ghost/improve");
+    std::fs::create_dir_all(&units).unwrap();
+    let service_line = if service.is_some() { "service = \"sample\"\n" } else { "" };
+    std::fs::write(
+        units.join("sample.toml"),
+        format!("source = \"{}\"\nbinary = \"ghost-sample\"\nbench = \"ghost-sample-bench\"\n{service_line}min_gain = 0.2\nrounds = 6\nprobation_s = 3\n", workspace_root().join("improve/sample").display()),
+    )
+    .unwrap();
+    if let Some(port) = service {
+        let exe = root.path().join("var/lib/ghost/generations/sample/current/bin/ghost-sample");
+        root.service("sample", &format!("exec = [\"{}\", \"{port}\"]\nready = \"tcp:{port}\"\nrestart = \"always\"\nrestart_delay_ms = 50\n", exe.display()));
+    }
+    let (code, out, err) = improve(&root, &["seed", "sample"]);
+    assert_eq!(code, 0, "seed: {out}{err}");
+    assert!(out.contains("Seeded"), "{out}");
+    root
+}
+
+fn improve(root: &Root, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("ghost"))
+        .arg("improve")
+        .args(args)
+        .env("GHOST_ROOT", root.path())
+        .env("GHOST_SOCKET", root.path().join("run/ghost/control.sock"))
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn verdict(root: &Root, p: &Path) -> (i32, Value, String) {
+    let (code, out, err) = improve(root, &["run", "sample", "--patch", p.to_str().unwrap(), "--json"]);
+    let v = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    (code, v, err)
+}
+
+fn current(root: &Root) -> String {
+    std::fs::read_link(root.path().join("var/lib/ghost/generations/sample/current")).unwrap().display().to_string()
+}
+
+fn ask(port: u16, n: u64) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    writeln!(s, "{n}").ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    Some(line.trim().to_string()).filter(|l| !l.is_empty())
+}
+
+#[test]
+fn wrong_slow_judge_editing_and_broken_candidates_are_refused() {
+    if !sandbox_possible() {
+        return;
+    }
+    let root = seeded(None);
+    // Faster but wrong: a test fails.
+    let (code, v, err) = verdict(&root, &patch("wrong"));
+    assert_eq!((code, v["outcome"].as_str(), v["stage"].as_str()), (4, Some("refused"), Some("tests")), "{v} {err}");
+    assert!(v["reason"].as_str().unwrap().contains("tests fail"), "{v}");
+    // Correct but not faster.
+    let (code, v, err) = verdict(&root, &patch("not-faster"));
+    assert_eq!((code, v["outcome"].as_str(), v["stage"].as_str()), (4, Some("refused"), Some("bench")), "{v} {err}");
+    assert!(v["bench"]["faster"] == false && v["bench"]["incumbent"]["n"] == 6, "{v}");
+    // Edits its own tests to match its wrong answers: refused before anything is built.
+    let (code, v, _) = verdict(&root, &patch("edits-tests"));
+    assert_eq!((code, v["stage"].as_str()), (4, Some("patch")), "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("tests/primes.rs"), "{v}");
+    assert!(v["seconds"]["build"].is_null(), "nothing was built: {v}");
+    // Does not apply to the running source.
+    let t = tempfile::tempdir().unwrap();
+    let stale = t.path().join("stale.patch");
+    std::fs::write(&stale, "--- a/src/lib.rs\n+++ b/src/lib.rs\n@@ -1 +1 @@\n-no such line\n+x\n").unwrap();
+    let (code, v, _) = verdict(&root, &stale);
+    assert_eq!((code, v["stage"].as_str()), (4, Some("patch")), "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("does not apply"), "{v}");
+    // Generation 0 still runs; every verdict is on record.
+    assert_eq!(current(&root), "0");
+    let (_, out, _) = improve(&root, &["history", "sample", "--json"]);
+    let outcomes: Vec<String> = out.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["outcome"].as_str().unwrap().to_string()).collect();
+    assert_eq!(outcomes, ["seeded", "refused", "refused", "refused", "refused"]);
+    let (_, out, _) = improve(&root, &["status", "sample"]);
+    assert!(out.contains("generation 0; 5 verdicts, 4 refused, 0 rolled back"), "{out}");
+}
+
+#[test]
+fn a_faster_correct_candidate_is_swapped_in_with_the_service_answering() {
+    if !sandbox_possible() {
+        return;
+    }
+    let port = free_port();
+    let root = seeded(Some(port));
+    let _ghost = Ghost::start(&root, Isolation::Subreaper, "");
+    wait_for_control(&root, Duration::from_secs(10));
+    assert!(eventually(Duration::from_secs(20), || ask(port, 10_000).as_deref() == Some("1229")), "generation 0 answers");
+    let pid0 = status(&root, "sample").pid;
+
+    // A client asking all along: every answer must be right; the longest gap is the downtime.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new((0u32, 0u32, Duration::ZERO)));
+    let client = {
+        let (stop, seen) = (stop.clone(), seen.clone());
+        std::thread::spawn(move || {
+            let mut last_ok = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let answer = ask(port, 1_000);
+                let mut s = seen.lock().unwrap();
+                match answer.as_deref() {
+                    Some("168") => {
+                        s.0 += 1;
+                        s.2 = s.2.max(last_ok.elapsed());
+                        last_ok = Instant::now();
+                    }
+                    Some(other) => panic!("a wrong answer during the swap: {other}"),
+                    None => s.1 += 1,
+                }
+            }
+        })
+    };
+    let t = Instant::now();
+    let (code, v, err) = verdict(&root, &patch("faster"));
+    let cycle = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    assert_eq!((code, v["outcome"].as_str(), v["generation"].as_u64()), (0, Some("kept"), Some(1)), "{v}\n{err}");
+    assert!(v["bench"]["gain"].as_f64().unwrap() > 0.2, "{v}");
+    assert!(v["bench"]["candidate"]["ci_high"].as_f64().unwrap() < v["bench"]["incumbent"]["ci_low"].as_f64().unwrap(), "{v}");
+    assert_eq!(current(&root), "1");
+    assert_ne!(status(&root, "sample").pid, pid0, "the service runs the new generation");
+    assert_eq!(ask(port, 10_000).as_deref(), Some("1229"));
+    let (answers, failures, gap) = *seen.lock().unwrap();
+    assert!(answers > 0, "the client was answered during the cycle");
+    eprintln!("crucible cycle {cycle:?}; swap {:.1} ms as the crucible measured it; client: {answers} answers, {failures} failed, longest gap {gap:?}", v["seconds"]["swap"].as_f64().unwrap() * 1e3);
+    // The generation keeps its source, binaries, logs and verdict.
+    let gen = root.path().join("var/lib/ghost/generations/sample/1");
+    for f in ["source/src/lib.rs", "bin/ghost-sample", "bin/ghost-sample-bench", "test.log", "verdict.json", "candidate.patch"] {
+        assert!(gen.join(f).exists(), "{f}");
+    }
+    assert!(std::fs::read_to_string(gen.join("source/src/lib.rs")).unwrap().contains("sieve"));
+
+    // The operator puts generation 0 back.
+    let (code, out, err) = improve(&root, &["rollback", "sample"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(current(&root), "0");
+    assert!(eventually(Duration::from_secs(10), || ask(port, 10_000).as_deref() == Some("1229")));
+}
+
+#[test]
+fn a_candidate_that_crashes_after_the_swap_is_rolled_back_in_probation() {
+    if !sandbox_possible() {
+        return;
+    }
+    let port = free_port();
+    let root = seeded(Some(port));
+    let _ghost = Ghost::start(&root, Isolation::Subreaper, "");
+    wait_for_control(&root, Duration::from_secs(10));
+    assert!(eventually(Duration::from_secs(20), || ask(port, 100).as_deref() == Some("25")));
+    let (code, v, err) = verdict(&root, &patch("crashes"));
+    assert_eq!((code, v["outcome"].as_str(), v["stage"].as_str()), (4, Some("rolled-back"), Some("probation")), "{v}\n{err}");
+    assert!(v["reason"].as_str().unwrap().contains("generation 0 is back"), "{v}");
+    assert_eq!(current(&root), "0");
+    // Generation 0 serves again, and stays up.
+    assert!(eventually(Duration::from_secs(10), || ask(port, 100).as_deref() == Some("25")));
+    let pid = status(&root, "sample").pid;
+    assert!(eventually(Duration::from_secs(2), || status(&root, "sample").state == ghost_proto::State::Running));
+    assert_eq!(status(&root, "sample").pid, pid);
+    eprintln!("rolled back {:.0} ms after the swap's probation caught it (rollback itself {:.1} ms)", v["seconds"]["probation"].as_f64().unwrap() * 1e3, v["seconds"]["rollback"].as_f64().unwrap() * 1e3);
+}
