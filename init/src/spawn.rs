@@ -268,9 +268,17 @@ impl RealOs {
             plan.cwd = Some(c(dir)?);
         }
         if let Some(t) = &spec.terminal {
-            // Checked at each start: a serial port or a pty may come and go.
-            use std::os::unix::fs::FileTypeExt;
-            match std::fs::metadata(t) {
+            // Checked at each start: a serial port or a pty may come and go, and a serial port
+            // whose UART is not there has a device node that cannot be opened (EIO). Opened
+            // without becoming PID 1's controlling terminal, and closed again at once.
+            use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+                .open(t)
+                .and_then(|f| f.metadata());
+            match opened {
                 Ok(m) if m.file_type().is_char_device() => {}
                 Ok(_) => return Err(format!("key `terminal`: {t} is not a character device")),
                 Err(e) => return Err(format!("key `terminal`: {t}: {e}")),
