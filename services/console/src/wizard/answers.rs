@@ -337,7 +337,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
         } as u32)
     };
     let body = s.trim_end_matches('=');
-    if s.len() % 4 != 0 || s.len() - body.len() > 2 {
+    if !s.len().is_multiple_of(4) || s.len() - body.len() > 2 {
         return None;
     }
     let mut out = Vec::with_capacity(body.len() * 3 / 4);

@@ -230,8 +230,7 @@ impl Wizard {
             Line::from(f.help()),
             Line::from(""),
         ];
-        let keys;
-        match f.options() {
+        let keys = match f.options() {
             Some(opts) => {
                 for (i, (_, text)) in opts.iter().enumerate() {
                     let on = i == self.choice;
@@ -239,16 +238,16 @@ impl Wizard {
                     let style = if on { Style::default().fg(Color::Cyan).add_modifier(Modifier::BOLD) } else { Style::default() };
                     l.push(Line::from(Span::styled(format!("{mark}{text}"), style)));
                 }
-                keys = "↑/↓: choose · Enter: next · Shift-Tab: back · Esc: quit".to_string();
+                "↑/↓: choose · Enter: next · Shift-Tab: back · Esc: quit".to_string()
             }
             None => {
                 l.push(Line::from(vec![
                     Span::styled(format!("{}: ", f.key()), Style::default().fg(Color::DarkGray)),
                     Span::styled(format!("{}█", self.input), Style::default().fg(Color::Cyan).add_modifier(Modifier::BOLD)),
                 ]));
-                keys = "Enter: next · Shift-Tab: back · Ctrl-U: clear · Esc: quit".to_string();
+                "Enter: next · Shift-Tab: back · Ctrl-U: clear · Esc: quit".to_string()
             }
-        }
+        };
         if let Some(e) = &self.error {
             l.push(Line::from(""));
             l.push(Line::from(Span::styled(format!("! {}: {e}", f.key()), Style::default().fg(Color::Red).add_modifier(Modifier::BOLD))));
@@ -316,7 +315,7 @@ pub fn summary(a: &Answers) -> Vec<(&'static str, String)> {
 }
 
 fn duration(s: u64) -> String {
-    if s % 60 == 0 && s >= 60 {
+    if s.is_multiple_of(60) && s >= 60 {
         format!("{} min", s / 60)
     } else {
         format!("{s} s")
