@@ -82,6 +82,7 @@ fn run_in(args: &WizardArgs, env: &Env) -> u8 {
     }
     let mut w = Wizard::new(env.clone(), Answers::current(env));
     w.idle_timeout_s = (args.idle_timeout_s > 0).then_some(args.idle_timeout_s);
+    w.color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::env::var("TERM").ok().as_deref() != Some("dumb");
     let idle = (args.idle_timeout_s > 0).then(|| Duration::from_secs(args.idle_timeout_s));
     match interactive(&mut w, idle) {
         Ok(Ended::Confirmed) => write(&w.answers, env),

@@ -50,11 +50,13 @@ pub struct Wizard {
     pub quitting: bool,
     /// Seconds without a key before boot goes on without the wizard (shown on the welcome).
     pub idle_timeout_s: Option<u64>,
+    /// Colours on screen; off with `NO_COLOR` or `TERM=dumb` (the marks and `!` carry the meaning).
+    pub color: bool,
 }
 
 impl Wizard {
     pub fn new(env: Env, answers: Answers) -> Wizard {
-        Wizard { env, answers, screen: Screen::Welcome, step: 0, input: String::new(), choice: 0, error: None, quitting: false, idle_timeout_s: None }
+        Wizard { env, answers, screen: Screen::Welcome, step: 0, input: String::new(), choice: 0, error: None, quitting: false, idle_timeout_s: None, color: true }
     }
 
     pub fn field(&self) -> Field {
@@ -185,6 +187,15 @@ impl Wizard {
         }
     }
 
+    /// A foreground colour, when colours are on.
+    fn fg(&self, c: Color) -> Style {
+        if self.color {
+            Style::default().fg(c)
+        } else {
+            Style::default()
+        }
+    }
+
     /// Draws the current screen.
     pub fn draw(&self, frame: &mut Frame) {
         let area = frame.area();
@@ -200,7 +211,7 @@ impl Wizard {
             }
         };
         frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), body);
-        frame.render_widget(Paragraph::new(Line::from(Span::styled(keys, Style::default().fg(Color::DarkGray)))).wrap(Wrap { trim: true }), footer);
+        frame.render_widget(Paragraph::new(Line::from(Span::styled(keys, self.fg(Color::DarkGray)))).wrap(Wrap { trim: true }), footer);
     }
 
     fn welcome_lines(&self) -> (Vec<Line<'static>>, String) {
@@ -223,7 +234,7 @@ impl Wizard {
         let n = self.answers.fields().len();
         let mut l = vec![
             Line::from(vec![
-                Span::styled(format!("Step {} of {n} · ", self.step + 1), Style::default().fg(Color::DarkGray)),
+                Span::styled(format!("Step {} of {n} · ", self.step + 1), self.fg(Color::DarkGray)),
                 Span::styled(f.title(), Style::default().add_modifier(Modifier::BOLD)),
             ]),
             Line::from(""),
@@ -235,22 +246,22 @@ impl Wizard {
                 for (i, (_, text)) in opts.iter().enumerate() {
                     let on = i == self.choice;
                     let mark = if on { "> (*) " } else { "  ( ) " };
-                    let style = if on { Style::default().fg(Color::Cyan).add_modifier(Modifier::BOLD) } else { Style::default() };
+                    let style = if on { self.fg(Color::Cyan).add_modifier(Modifier::BOLD) } else { Style::default() };
                     l.push(Line::from(Span::styled(format!("{mark}{text}"), style)));
                 }
                 "↑/↓: choose · Enter: next · Shift-Tab: back · Esc: quit".to_string()
             }
             None => {
                 l.push(Line::from(vec![
-                    Span::styled(format!("{}: ", f.key()), Style::default().fg(Color::DarkGray)),
-                    Span::styled(format!("{}█", self.input), Style::default().fg(Color::Cyan).add_modifier(Modifier::BOLD)),
+                    Span::styled(format!("{}: ", f.key()), self.fg(Color::DarkGray)),
+                    Span::styled(format!("{}█", self.input), self.fg(Color::Cyan).add_modifier(Modifier::BOLD)),
                 ]));
                 "Enter: next · Shift-Tab: back · Ctrl-U: clear · Esc: quit".to_string()
             }
         };
         if let Some(e) = &self.error {
             l.push(Line::from(""));
-            l.push(Line::from(Span::styled(format!("! {}: {e}", f.key()), Style::default().fg(Color::Red).add_modifier(Modifier::BOLD))));
+            l.push(Line::from(Span::styled(format!("! {}: {e}", f.key()), self.fg(Color::Red).add_modifier(Modifier::BOLD))));
         }
         (l, keys)
     }
@@ -258,7 +269,7 @@ impl Wizard {
     fn summary_lines(&self) -> (Vec<Line<'static>>, String) {
         let mut l = vec![Line::from(Span::styled("Summary: check, then confirm", Style::default().add_modifier(Modifier::BOLD))), Line::from("")];
         for (k, v) in summary(&self.answers) {
-            l.push(Line::from(vec![Span::styled(format!("{k:<10} "), Style::default().fg(Color::DarkGray)), Span::raw(v)]));
+            l.push(Line::from(vec![Span::styled(format!("{k:<10} "), self.fg(Color::DarkGray)), Span::raw(v)]));
         }
         l.push(Line::from(""));
         l.push(Line::from("Enter writes /var/lib/ghost/etc/ghost.toml, model.toml and timezone, and boot goes on."));
@@ -468,6 +479,26 @@ mod tests {
         w2.screen = Screen::Summary;
         let s = screen(&w2, 40, 20);
         assert!(s.contains("hostname") && s.contains("time zone"), "{s}");
+    }
+
+    #[test]
+    fn the_error_is_red_with_colours_and_plain_bold_without() {
+        for color in [true, false] {
+            let (_d, mut w) = wizard();
+            w.color = color;
+            w.key(key(KeyCode::Enter));
+            clear(&mut w);
+            typed(&mut w, "bad name!");
+            w.key(key(KeyCode::Enter));
+            let mut t = Terminal::new(TestBackend::new(80, 24)).unwrap();
+            t.draw(|f| w.draw(f)).unwrap();
+            let buf = t.backend().buffer().clone();
+            let y = (0..24).find(|&y| (0..80).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>().contains("! hostname")).expect("the error row");
+            let cell = &buf[(1, y)];
+            assert_eq!(cell.symbol(), "!");
+            assert_eq!(cell.fg, if color { Color::Red } else { Color::Reset }, "color {color}");
+            assert!(cell.modifier.contains(Modifier::BOLD));
+        }
     }
 
     #[test]
