@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ghost_tests::agent_world::World;
 use ghost_tests::{bin, eventually, free_port, status, wait_for_control, workspace_root, Ghost, Isolation, Root};
 use serde_json::Value;
 
@@ -117,9 +118,9 @@ fn a_faster_correct_candidate_is_swapped_in_with_the_service_answering() {
         return;
     }
     let port = free_port();
-    let root = seeded(Some(port));
-    let _ghost = Ghost::start(&root, Isolation::Subreaper, "");
-    wait_for_control(&root, Duration::from_secs(10));
+    // With the agent beside it: verdicts go to the signed audit trail and to memory.
+    let w = World::start_in(seeded(Some(port)), &[], |r| r, Isolation::Subreaper, &World::fast_config(&[]), |_| {});
+    let root = &w.root;
     assert!(eventually(Duration::from_secs(20), || ask(port, 10_000).as_deref() == Some("1229")), "generation 0 answers");
     let pid0 = status(&root, "sample").pid;
 
@@ -146,7 +147,7 @@ fn a_faster_correct_candidate_is_swapped_in_with_the_service_answering() {
         })
     };
     let t = Instant::now();
-    let (code, v, err) = verdict(&root, &patch("faster"));
+    let (code, v, err) = verdict(root, &patch("faster"));
     let cycle = t.elapsed();
     stop.store(true, Ordering::Relaxed);
     client.join().unwrap();
@@ -166,8 +167,18 @@ fn a_faster_correct_candidate_is_swapped_in_with_the_service_answering() {
     }
     assert!(std::fs::read_to_string(gen.join("source/src/lib.rs")).unwrap().contains("sieve"));
 
+    // On record: in the audit trail as the crucible's, with its numbers, and in memory.
+    assert!(err.contains("recorded by the agent: audit seq"), "{err}");
+    let records = w.audit_records();
+    let kept = records.iter().find(|r| r["who"]["actor"] == "crucible" && r["what"]["data"]["outcome"] == "kept").unwrap_or_else(|| panic!("no crucible record: {records:?}"));
+    assert_eq!(kept["what"]["data"]["generation"], 1, "{kept}");
+    assert!(kept["what"]["data"]["bench"]["gain"].as_f64().unwrap() > 0.2, "{kept}");
+    let hits = w.ctl_json(&["memory", "search", "crucible sample kept"]);
+    assert!(hits.as_array().unwrap().iter().any(|h| h["text"].as_str().unwrap().contains("sample candidate") && h["text"].as_str().unwrap().contains("kept")), "{hits}");
+    w.audit_intact();
+
     // The operator puts generation 0 back.
-    let (code, out, err) = improve(&root, &["rollback", "sample"]);
+    let (code, out, err) = improve(root, &["rollback", "sample"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(current(&root), "0");
     assert!(eventually(Duration::from_secs(10), || ask(port, 10_000).as_deref() == Some("1229")));

@@ -522,3 +522,17 @@ impl Supervisor for ControlSocket {
         Ok((state, s.pid, s.restarts))
     }
 }
+
+/// Hands a verdict to the agent, which appends it to the signed audit trail and keeps it in
+/// memory; returns what the agent answered (`audit_seq`, `memory_id`).
+pub fn tell_agent(v: &Verdict) -> Result<Value, String> {
+    use ghostctl::client::{socket_path_from_env, Connection, Endpoint};
+    let outcome = serde_json::to_value(v.outcome).ok().and_then(|o| o.as_str().map(str::to_string)).unwrap_or_default();
+    let gen = v.generation.map(|g| format!(" (generation {g})")).unwrap_or_default();
+    let text = format!("crucible: {} candidate {} {outcome}{gen} at {:?}: {}", v.unit, v.candidate, v.stage, v.reason);
+    let data = serde_json::to_value(v).map_err(|e| e.to_string())?;
+    let req = ghost_proto::agent::AgentRequest::Verdict { unit: v.unit.clone(), outcome, text, data };
+    let socket = socket_path_from_env(Endpoint::Agent, None);
+    let mut c = Connection::open(&socket).map_err(|f| f.to_string())?;
+    c.agent_request::<Value>(&req).map_err(|f| f.to_string()).map(|r| r.unwrap_or(Value::Null))
+}

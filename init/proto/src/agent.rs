@@ -81,6 +81,16 @@ pub enum AgentRequest {
     Proposals,
     /// Moves a proposal into /etc/ghost/rules; the agent reloads its rules.
     Accept { name: String },
+    /// A crucible's verdict on a candidate (`ghost improve`): the agent appends it to the audit
+    /// trail (actor `crucible`) and keeps it in memory — a kept one as a verified capability.
+    Verdict {
+        unit: String,
+        /// `seeded`, `kept`, `refused`, `rolled-back`, `reverted`.
+        outcome: String,
+        text: String,
+        #[serde(default)]
+        data: Value,
+    },
 }
 
 /// One reply: `ok`, and either `error` or `result` (absent for a plain acknowledgement).

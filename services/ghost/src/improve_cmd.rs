@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use ghost_improve::crucible::{next_proposal, take_proposal, ControlSocket, Crucible, Outcome, Supervisor, Verdict};
+use ghost_improve::crucible::{next_proposal, take_proposal, tell_agent as tell_agent_of, ControlSocket, Crucible, Outcome, Supervisor, Verdict};
 use ghost_improve::unit::Unit;
 
 use crate::paths::GhostRoot;
@@ -62,7 +62,20 @@ fn say(line: &str) {
     eprintln!("ghost improve: {line}");
 }
 
+/// The agent puts the verdict in the audit trail and memory; without it, history.jsonl keeps it.
+fn tell_agent(v: &Verdict) {
+    match tell_agent_of(v) {
+        Ok(r) => say(&format!("recorded by the agent: audit seq {}, memory {}", r["audit_seq"], r["memory_id"])),
+        Err(e) => say(&format!("WARNING: the agent did not record the verdict ({e}); it is in the unit's history.jsonl only")),
+    }
+}
+
 fn print_verdict(v: &Verdict, json: bool) {
+    tell_agent(v);
+    show(v, json);
+}
+
+fn show(v: &Verdict, json: bool) {
     if json {
         println!("{}", serde_json::to_string(v).unwrap_or_default());
         return;
@@ -140,7 +153,7 @@ pub fn run(args: ImproveArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
         ImproveCommand::History { unit, json } => {
             let c = Crucible::new(load(&unit)?, &generations, None, &say);
             for v in c.history() {
-                print_verdict(&v, json);
+                show(&v, json);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -217,6 +217,30 @@ fn answer(sh: &Shared, req: AgentRequest, who: &str) -> Result<AgentReply, Strin
             sh.send(Input::ReloadRules);
             ok(json!({ "name": name, "file": to.display().to_string() }))
         }
+        AgentRequest::Verdict { unit, outcome, text, data } => {
+            let salience = match outcome.as_str() {
+                "kept" | "seeded" => 0.8,
+                "rolled-back" => 0.9,
+                "refused" | "reverted" => 0.5,
+                other => return Err(format!("outcome: {other:?} is not seeded, kept, refused, rolled-back or reverted")),
+            };
+            if unit.is_empty() || text.trim().is_empty() {
+                return Err("unit and text: a verdict names its unit and says what happened".into());
+            }
+            let mut data = data;
+            if !data.is_object() {
+                data = json!({ "detail": data });
+            }
+            data["unit"] = json!(unit);
+            data["outcome"] = json!(outcome);
+            let why = Why { rule: None, layer: Some("crucible".into()), memory_ids: vec![], text: format!("the crucible's verdict on a candidate for {unit}") };
+            let record = sh.gate.audit().append(ghost_audit::audit::Entry::decision("crucible", &text, data.clone(), why)).map_err(|e| e.to_string())?;
+            // A kept candidate is a capability verified by tests and measurement: an outcome
+            // memory recalls when the unit comes up again; the others are notes.
+            let kind = if outcome == "kept" { EpisodeKind::Outcome } else { EpisodeKind::Note };
+            let id = super::act::remember(&sh.memory, ghost_memory::Episode::new(kind, format!("crucible:{unit}"), &text).salience(salience).tool_call(format!("audit:{}", record.seq)).details(data), None);
+            ok(json!({ "audit_seq": record.seq, "memory_id": id.map(|i| i.to_string()) }))
+        }
         AgentRequest::Message { text } => {
             if text.trim().is_empty() {
                 return Err("text: the message is empty".into());
