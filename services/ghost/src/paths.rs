@@ -27,15 +27,20 @@ impl GhostRoot {
         self.0.join(Path::new(abs).strip_prefix("/").unwrap_or(Path::new(abs)))
     }
 
-    /// /etc/ghost/model.toml, or the first-boot wizard's copy on the state partition
-    /// (/var/lib/ghost/etc/model.toml) when there is one, as ghost-init overlays ghost.toml.
-    pub fn model_toml(&self) -> PathBuf {
-        let over = self.path("/var/lib/ghost/etc/model.toml");
+    /// A file of /etc/ghost (`ghost.toml`, `model.toml`), or the first-boot wizard's copy on
+    /// the state partition (/var/lib/ghost/etc/NAME) when there is one: the overlay ghost-init
+    /// reads the same way (init/src/paths.rs `etc`).
+    pub fn etc(&self, name: &str) -> PathBuf {
+        let over = self.path("/var/lib/ghost/etc").join(name);
         if over.exists() {
             over
         } else {
-            self.path("/etc/ghost/model.toml")
+            self.path("/etc/ghost").join(name)
         }
+    }
+
+    pub fn model_toml(&self) -> PathBuf {
+        self.etc("model.toml")
     }
 
     pub fn models_dir(&self) -> PathBuf {
