@@ -205,3 +205,59 @@ fn a_candidate_that_crashes_after_the_swap_is_rolled_back_in_probation() {
     assert_eq!(status(&root, "sample").pid, pid);
     eprintln!("rolled back {:.0} ms after the swap's probation caught it (rollback itself {:.1} ms)", v["seconds"]["probation"].as_f64().unwrap() * 1e3, v["seconds"]["rollback"].as_f64().unwrap() * 1e3);
 }
+
+/// A stand-in for a remote code model behind the router's strategic layer (no model that writes
+/// correct diffs can run here): it checks that the prompt shows the running source and marks the
+/// judge, and answers with the faster patch in a ```diff block, as a chat model would.
+fn fake_code_model() -> (u16, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let diff = std::fs::read_to_string(patch("faster")).unwrap();
+    let h = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        std::io::Read::read_exact(&mut r, &mut body).unwrap();
+        let body = String::from_utf8(body).unwrap();
+        let content = format!("The sieve of Eratosthenes does the same work in far less time.\n```diff\n{diff}```\n");
+        let reply = serde_json::json!({ "model": "fake-coder", "choices": [{ "message": { "role": "assistant", "content": content } }], "usage": { "prompt_tokens": 900, "completion_tokens": 300 } }).to_string();
+        let mut s = s;
+        write!(s, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}", reply.len()).unwrap();
+        body
+    });
+    (port, h)
+}
+
+#[test]
+fn a_candidate_asked_of_the_model_router_is_judged_like_any_other() {
+    if !sandbox_possible() {
+        return;
+    }
+    let root = seeded(None);
+    let (port, model) = fake_code_model();
+    std::fs::write(root.path().join("etc/ghost/api.key"), "sk-test\n").unwrap();
+    std::fs::write(
+        root.path().join("etc/ghost/model.toml"),
+        format!("[router.strategic]\napi = \"openai\"\nurl = \"http://127.0.0.1:{port}/v1\"\nmodel = \"fake-coder\"\napi_key_file = \"/etc/ghost/api.key\"\ndaily_tokens = 100000\ndaily_usd = 1.0\nusd_per_million_input = 0.0\nusd_per_million_output = 0.0\ntimeout_s = 30\n"),
+    )
+    .unwrap();
+    let (code, out, err) = improve(&root, &["run", "sample", "--from-model", "--json"]);
+    let prompt = model.join().unwrap();
+    assert!(prompt.contains("count_primes") && prompt.contains("benches/bench.rs (protected)") && prompt.contains("src/lib.rs (may change)"), "{prompt}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!((code, v["outcome"].as_str(), v["generation"].as_u64()), (0, Some("kept"), Some(1)), "{v}\n{err}");
+    assert!(v["origin"].as_str().unwrap().starts_with("model:strategic:"), "{v}");
+    assert_eq!(current(&root), "1");
+}

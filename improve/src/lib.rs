@@ -3,6 +3,7 @@
 //! measurably faster, watched through a probation window, and rolled back on its own when it
 //! misbehaves. The judge — tests, benchmark, manifest — is always the incumbent's.
 
+pub mod candidate;
 pub mod crucible;
 pub mod patch;
 pub mod run;

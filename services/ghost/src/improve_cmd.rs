@@ -32,6 +32,12 @@ enum ImproveCommand {
         /// Where proposals wait (default /var/lib/ghost/improve/proposals/UNIT)
         #[arg(long, value_name = "DIR", conflicts_with = "patch")]
         proposals: Option<PathBuf>,
+        /// Ask the model router (need `code`) for the candidate
+        #[arg(long, conflicts_with_all = ["patch", "proposals"])]
+        from_model: bool,
+        /// What the model is asked to achieve
+        #[arg(long, value_name = "TEXT", default_value = "make the benchmark faster without changing any result")]
+        goal: String,
         /// Do not restart the service (a build host: judge and keep the binary only)
         #[arg(long)]
         no_service: bool,
@@ -96,11 +102,12 @@ pub fn run(args: ImproveArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
             print_verdict(&v, false);
             Ok(ExitCode::SUCCESS)
         }
-        ImproveCommand::Run { unit, patch, proposals, no_service, json } => {
+        ImproveCommand::Run { unit, patch, proposals, from_model, goal, no_service, json } => {
             let u = load(&unit)?;
             let sv: Option<&dyn Supervisor> = if no_service || u.service.is_none() { None } else { Some(&control) };
             let c = Crucible::new(u, &generations, sv, &say);
             let (file, origin) = match patch {
+                None if from_model => ask_model(&c, root, &goal)?,
                 Some(p) => {
                     let origin = format!("file:{}", p.display());
                     (p, origin)
@@ -166,4 +173,28 @@ pub fn run(args: ImproveArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A candidate from the model router: the prompt holds the running generation's source; the
+/// answer's diff (or, without one, the whole answer, which the patch stage then refuses) is
+/// written where proposals wait and judged like any other.
+fn ask_model(c: &Crucible, root: &GhostRoot, goal: &str) -> anyhow::Result<(PathBuf, String)> {
+    use ghost_model::router::{Message, Need, Request};
+    let Some(gen) = c.current() else { bail!("{} has no generation yet: run `ghost improve seed {}` first", c.unit.name, c.unit.name) };
+    let source = c.dir.join(gen.to_string()).join("source");
+    let prompt = ghost_improve::candidate::prompt(&c.unit, &source, goal);
+    let router = crate::model_cmd::ask::router_for(root)?;
+    let mut req = Request::new(Need::Code, prompt).max_tokens(4096).temperature(0.2);
+    req.messages.insert(0, Message::system("You are a careful Rust performance engineer. You answer with one unified diff."));
+    say(&format!("asking the model router for a candidate ({} bytes of prompt)", req.last_user_text().len()));
+    let r = router.route(&req, None)?;
+    if let Some(n) = &r.note {
+        say(n);
+    }
+    let dir = root.path(&format!("/var/lib/ghost/improve/proposals/{}/done", c.unit.name));
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    let file = dir.join(format!("model-{}.patch", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)));
+    let text = ghost_improve::candidate::extract_diff(&r.text).unwrap_or_else(|| r.text.clone());
+    std::fs::write(&file, text).with_context(|| file.display().to_string())?;
+    Ok((file, format!("model:{}:{}", r.layer.as_str(), r.model)))
 }

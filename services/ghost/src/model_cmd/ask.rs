@@ -36,6 +36,14 @@ pub struct AskArgs {
     text: Vec<String>,
 }
 
+/// The router of `/etc/ghost/model.toml` (local layers only without one).
+pub fn router_for(root: &GhostRoot) -> anyhow::Result<Router> {
+    let resolve = |p: &Path| root.resolve(p);
+    let manifest = root.model_toml();
+    let cfg = if manifest.exists() { RouterConfig::load(&manifest, &resolve)? } else { RouterConfig::local_only(&resolve) };
+    Ok(Router::from_config(&cfg, root.router_dir(), Arc::new(SystemClock)))
+}
+
 pub fn run(a: AskArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
     let need: Need = a.need.parse().map_err(anyhow::Error::msg)?;
     let text = if a.text.len() == 1 && a.text[0] == "-" {
@@ -48,10 +56,7 @@ pub fn run(a: AskArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
     if text.trim().is_empty() {
         bail!("the request is empty");
     }
-    let resolve = |p: &Path| root.resolve(p);
-    let manifest = root.model_toml();
-    let cfg = if manifest.exists() { RouterConfig::load(&manifest, &resolve)? } else { RouterConfig::local_only(&resolve) };
-    let router = Router::from_config(&cfg, root.router_dir(), Arc::new(SystemClock));
+    let router = router_for(root)?;
     let mut req = Request::new(need, text).max_tokens(a.max_tokens).temperature(a.temperature);
     if let Some(s) = a.system {
         req.messages.insert(0, ghost_model::router::Message::system(s));

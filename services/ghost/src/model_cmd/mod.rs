@@ -1,7 +1,7 @@
 //! `ghost model …`: one file per command (pull; list and verify of the cache; generate; embed;
 //! serve), and `local`, which finds the pulled files model.toml names.
 
-mod ask;
+pub(crate) mod ask;
 mod cache_cmds;
 mod embed;
 mod generate;
