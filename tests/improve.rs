@@ -110,6 +110,11 @@ fn wrong_slow_judge_editing_and_broken_candidates_are_refused() {
     assert_eq!(outcomes, ["seeded", "refused", "refused", "refused", "refused"]);
     let (_, out, _) = improve(&root, &["status", "sample"]);
     assert!(out.contains("generation 0; 5 verdicts, 4 refused, 0 rolled back"), "{out}");
+    // ghostctl improve is the same command (it hands over to the userland on PATH).
+    let path = format!("{}:{}", bin("ghost").parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    let ctl = Command::new(bin("ghostctl")).args(["improve", "status", "sample", "--json"]).env("GHOST_ROOT", root.path()).env("PATH", path).output().unwrap();
+    let status: Value = serde_json::from_slice(&ctl.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&ctl.stderr)));
+    assert_eq!((status[0]["unit"].as_str(), status[0]["generation"].as_u64(), status[0]["refused"].as_u64()), (Some("sample"), Some(0), Some(4)), "{status}");
 }
 
 #[test]

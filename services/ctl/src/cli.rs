@@ -80,6 +80,12 @@ pub enum Command {
         #[arg(short, long, value_name = "OUT.toml")]
         output: Option<PathBuf>,
     },
+    /// The crucible: `status [UNIT]`, `history UNIT`, `run UNIT [--patch FILE | --from-model]`,
+    /// `rollback UNIT` (runs `ghost improve …`, the userland beside ghostctl or on PATH)
+    Improve {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
     #[command(flatten)]
     Agent(AgentCommand),
 }
