@@ -39,6 +39,9 @@ pub const EXIT_NO_TERMINAL: u8 = 5;
 
 /// `ghost wizard` arguments.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Writes GHOST_ROOT/var/lib/ghost/etc/{ghost.toml,model.toml,timezone} once the summary is confirmed, all or nothing.\n\
+Exit codes: 0 written (--check: the seed is valid), 1 could not write, 2 usage or a seed with problems (FILE: key: reason),\n\
+3 left without saving, 4 no key for --idle-timeout-s, 5 not a terminal and no seed. Nothing is written unless 0.")]
 pub struct WizardArgs {
     /// Answers from this seed file instead of the screens (default: GHOST_ROOT/var/lib/ghost/seed.toml,
     /// then GHOST_ROOT/boot/efi/ghost-seed.toml, when one exists).
