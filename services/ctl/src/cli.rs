@@ -86,6 +86,12 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "ARGS")]
         args: Vec<String>,
     },
+    /// Snapshots: `create [-m TEXT]`, `list`, `show ID`, `diff ID [ID]`, `restore ID`, `prune`
+    /// (runs `ghost snapshot …`, the userland beside ghostctl or on PATH)
+    Snapshot {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
     #[command(flatten)]
     Agent(AgentCommand),
 }

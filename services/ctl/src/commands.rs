@@ -30,7 +30,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     let mut out = stdout.lock();
     match &cli.command {
         Command::ImportUnit { file, output: target } => import(file, target.as_deref(), &mut out),
-        Command::Improve { args } => improve(args, cli.json),
+        Command::Improve { args } => hand_over("improve", args, cli.json),
+        Command::Snapshot { args } => hand_over("snapshot", args, cli.json),
         Command::Agent(command) => agent_commands::run(command, &socket_path_from_env(Endpoint::Agent, cli.agent_socket.as_deref()), output, &mut out),
         command => run_remote(command, &socket_path_from_env(Endpoint::Control, cli.socket.as_deref()), output, &mut out, fd),
     }
@@ -108,7 +109,7 @@ pub fn run_remote(command: &Command, socket: &SocketPath, output: Output, out: &
             follow_stream(&mut conn, output, out, stdout_fd)?;
         }
         Command::ImportUnit { .. } => unreachable!("import-unit runs without a socket"),
-        Command::Improve { .. } => unreachable!("improve runs ghost improve"),
+        Command::Improve { .. } | Command::Snapshot { .. } => unreachable!("improve and snapshot run the userland"),
         Command::Agent(_) => unreachable!("the agent's commands go to the agent's socket"),
     }
     Ok(())
@@ -307,17 +308,18 @@ mod tests {
     }
 }
 
-/// `ghostctl improve ARGS` is `ghost improve ARGS`: the crucible lives in the userland (it
-/// builds with cargo and links the model router); ghostctl, static and small, hands over.
-fn improve(args: &[String], json: bool) -> Result<(), Failure> {
+/// `ghostctl improve|snapshot ARGS` is `ghost improve|snapshot ARGS`: the crucible (cargo, the
+/// model router) and snapshots (SQLite's backup API) live in the userland; ghostctl, static
+/// and small, hands over.
+fn hand_over(command: &str, args: &[String], json: bool) -> Result<(), Failure> {
     use std::os::unix::process::CommandExt;
     let beside = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("ghost"))).filter(|p| p.is_file());
     let ghost = beside.unwrap_or_else(|| "ghost".into());
     let mut c = std::process::Command::new(&ghost);
-    c.arg("improve").args(args);
+    c.arg(command).args(args);
     if json && !args.iter().any(|a| a == "--json") {
         c.arg("--json");
     }
     let e = c.exec();
-    Err(Failure::Daemon(format!("{}: {e} (the crucible is `ghost improve`, in the userland)", ghost.display())))
+    Err(Failure::Daemon(format!("{}: {e} (`ghostctl {command}` runs `ghost {command}`, the userland)", ghost.display())))
 }

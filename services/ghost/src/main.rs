@@ -4,6 +4,7 @@
 
 mod agent_cmd;
 mod improve_cmd;
+mod snapshot_cmd;
 mod model_cmd;
 mod paths;
 
@@ -30,6 +31,8 @@ enum Command {
     /// The crucible: judge a candidate against the running code, swap it in only when it is
     /// correct and faster, roll back on misbehaviour
     Improve(improve_cmd::ImproveArgs),
+    /// Snapshots of the state that matters: create, list, show, diff, restore, prune
+    Snapshot(snapshot_cmd::SnapshotArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Wizard(args) => ghost_console::wizard::run(args),
         Command::Console(args) => ghost_console::tui::run(args),
         Command::Improve(args) => improve_cmd::run(args, &root),
+        Command::Snapshot(args) => snapshot_cmd::run(args, &root),
     };
     match result {
         Ok(code) => code,
