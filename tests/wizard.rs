@@ -190,12 +190,15 @@ fn wrong_values_are_refused_on_screen_and_the_corrected_answers_are_written() {
 }
 
 #[test]
-fn leaving_before_the_summary_is_confirmed_writes_nothing() {
+fn leaving_before_the_summary_is_confirmed_writes_nothing_even_with_a_seed_on_the_machine() {
     if let Some(why) = tmux_missing() {
         eprintln!("skipped: {why}");
         return;
     }
     let root = image_root();
+    // A seed an install left behind does not take the screens from a person at a terminal.
+    std::fs::create_dir_all(root.path().join("var/lib/ghost")).unwrap();
+    std::fs::write(root.path().join("var/lib/ghost/seed.toml"), "hostname = \"from-seed\"\n").unwrap();
     let pane = Pane::start(&root);
     pane.wait_for("Welcome to ghostos.");
     pane.keys(&["Enter"]);

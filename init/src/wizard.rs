@@ -10,7 +10,8 @@
 //! - `ghost.wizard=skip`, `ghost.poweroff_after_ready=1` (a boot that powers itself off has
 //!   nobody at the console), or hosted mode (the console is not ours): unattended when a seed
 //!   file exists (`ghost wizard --unattended`), else not at all;
-//! - otherwise on /dev/console, interactive (a seed there answers it unattended too).
+//! - otherwise unattended when a seed file exists (an automated install meant it), else on
+//!   /dev/console, interactive.
 
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,7 @@ pub fn plan(f: &Facts) -> Plan {
         Some(_) if f.have_seed => Plan::Unattended,
         Some(_) if f.hosted => Plan::Skip(None),
         Some(why) => Plan::Skip(Some(format!("wizard: skipped ({why}) and no seed file; the current settings stay"))),
+        None if f.have_seed => Plan::Unattended,
         None => Plan::Interactive,
     }
 }
@@ -206,7 +208,8 @@ mod tests {
     #[test]
     fn a_first_boot_at_the_console_is_interactive() {
         assert_eq!(plan(&facts()), Plan::Interactive);
-        assert_eq!(plan(&Facts { have_seed: true, ..facts() }), Plan::Interactive);
+        // A seed is an automated install's answer: it wins over the screens.
+        assert_eq!(plan(&Facts { have_seed: true, ..facts() }), Plan::Unattended);
         assert_eq!(plan(&Facts { first_boot: false, ..facts() }), Plan::Skip(None));
     }
 

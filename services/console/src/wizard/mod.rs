@@ -43,8 +43,8 @@ pub const EXIT_NO_TERMINAL: u8 = 5;
 Exit codes: 0 written (--check: the seed is valid), 1 could not write, 2 usage or a seed with problems (FILE: key: reason),\n\
 3 left without saving, 4 no key for --idle-timeout-s, 5 not a terminal and no seed. Nothing is written unless 0.")]
 pub struct WizardArgs {
-    /// Answers from this seed file instead of the screens (default: GHOST_ROOT/var/lib/ghost/seed.toml,
-    /// then GHOST_ROOT/boot/efi/ghost-seed.toml, when one exists).
+    /// Answers from this seed file instead of the screens (without a terminal, --unattended or
+    /// --check: GHOST_ROOT/var/lib/ghost/seed.toml, then GHOST_ROOT/boot/efi/ghost-seed.toml, when one exists).
     #[arg(long, value_name = "FILE")]
     pub seed: Option<PathBuf>,
     /// Check the seed and print what it would write; write nothing.
@@ -64,7 +64,10 @@ pub fn run(args: WizardArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_in(args: &WizardArgs, env: &Env) -> u8 {
-    let seed = args.seed.clone().or_else(|| seed::discover(env));
+    // A seed on the machine answers when nobody can (no terminal, --unattended, --check); a
+    // person at a terminal gets the screens even where an install left its seed behind.
+    let at_terminal = std::io::stdin().is_terminal() && !args.unattended && !args.check;
+    let seed = args.seed.clone().or_else(|| if at_terminal { None } else { seed::discover(env) });
     if let Some(path) = seed {
         return from_seed(&path, args.check, env);
     }
