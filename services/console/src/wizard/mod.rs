@@ -156,7 +156,15 @@ struct TerminalGuard;
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
         let _ = crossterm::terminal::disable_raw_mode();
-        let _ = crossterm::execute!(std::io::stdout(), crossterm::terminal::LeaveAlternateScreen, crossterm::cursor::Show);
+        // The Linux console has no alternate screen: clear ours, so that boot's lines that
+        // follow are not written over the wizard's last screen.
+        let _ = crossterm::execute!(
+            std::io::stdout(),
+            crossterm::terminal::Clear(crossterm::terminal::ClearType::All),
+            crossterm::cursor::MoveTo(0, 0),
+            crossterm::terminal::LeaveAlternateScreen,
+            crossterm::cursor::Show
+        );
     }
 }
 
