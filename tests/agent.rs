@@ -417,3 +417,58 @@ steps = [{ tool = "sys.metrics", args = { cpu_sample_ms = 0, disks = false } }]
     w.repaired_by("load-seen", Duration::from_secs(20));
     assert_eq!(w.audited("sys.metrics", "rule:cpu-seen", "ok"), 1, "observed once per crossing, not once per sample");
 }
+
+#[test]
+fn a_risky_call_that_fails_is_rolled_back_from_its_snapshot_and_one_without_a_snapshot_is_refused() {
+    // Trusted mode, so that shell.exec runs without an operator; a script that changes the
+    // configuration and then fails, and one that changes it and succeeds.
+    let w = World::start_in(ghost_tests::Root::new(), &[], |r| r, Isolation::PidNamespace, &World::fast_config(&[]), |root| {
+        std::fs::write(root.join("etc/ghost/ghost.toml"), "security = \"trusted\"\n").unwrap();
+        std::fs::write(root.join("etc/ghost/app.conf"), "good\n").unwrap();
+        for (name, text, code) in [("break", "broken", 3), ("improve", "better", 0)] {
+            let script = root.join(format!("{name}.sh"));
+            let body = format!("#!/bin/sh\necho {text} > {root}/etc/ghost/app.conf\necho new > {root}/etc/ghost/new.conf\nexit {code}\n", root = root.display());
+            std::fs::write(&script, body).unwrap();
+            std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+    });
+    let run = |name: &str| {
+        let args = format!("{{\"argv\": [\"{}\"]}}", w.path(&format!("/{name}.sh")).display());
+        w.ctl(&["tool", "call", "shell.exec", "--args", &args, "--why", &format!("safe execution test: {name}"), "--json"])
+    };
+    let conf = || std::fs::read_to_string(w.path("/etc/ghost/app.conf")).unwrap();
+    let last_outcome = || w.audit_records().iter().rev().find(|r| r["what"]["tool"] == "shell.exec" && r["outcome"]["status"] != "started").cloned().unwrap();
+
+    // It fails (exit 3): the snapshot taken before it is put back.
+    let (_, out, err) = run("break");
+    assert!(out.contains("\"exit_code\":3"), "{out}{err}");
+    assert_eq!(conf(), "good\n", "the configuration is the one before the call");
+    assert!(!w.path("/etc/ghost/new.conf").exists(), "what it added is gone");
+    let rec = last_outcome();
+    let safety = &rec["outcome"]["detail"]["safety"];
+    assert_eq!(safety["restored"], true, "{rec}");
+    let id = safety["snapshot"].as_str().unwrap().to_string();
+    let snaps = Command::new(ghost_tests::bin("ghost")).args(["snapshot", "list", "--json"]).env("GHOST_ROOT", w.root.path()).output().unwrap();
+    let snaps: serde_json::Value = serde_json::from_slice(&snaps.stdout).unwrap();
+    assert!(snaps.as_array().unwrap().iter().any(|s| s["id"] == id.as_str() && s["trigger"] == "before-action"), "{snaps}");
+
+    // It succeeds: its change stays, and its record names the snapshot it ran inside.
+    let (_, out, _) = run("improve");
+    assert!(out.contains("\"exit_code\":0"), "{out}");
+    assert_eq!(conf(), "better\n");
+    let rec = last_outcome();
+    assert!(rec["outcome"]["detail"]["safety"]["snapshot"].is_string() && rec["outcome"]["detail"]["safety"].get("restored").is_none(), "{rec}");
+
+    // No room for a snapshot: the risky call is refused, not run unprotected.
+    let ns = w.ghost.pid.to_string();
+    let store = w.path("/var/lib/ghost/snapshots");
+    let in_ns = |cmd: &str| Command::new("nsenter").args(["-t", &ns, "-m", "sh", "-c", cmd]).output().unwrap();
+    let full = in_ns(&format!("mount -t tmpfs -o size=64k tmpfs {s} && dd if=/dev/zero of={s}/fill bs=4k count=100", s = store.display()));
+    assert!(String::from_utf8_lossy(&full.stderr).contains("No space left"), "{}", String::from_utf8_lossy(&full.stderr));
+    std::fs::write(w.path("/etc/ghost/app.conf"), "before the refused call\n").unwrap();
+    let (code, out, err) = run("break");
+    assert_ne!(code, 0, "{out}{err}");
+    assert!((out.clone() + &err).contains("no snapshot could be taken first"), "{out}{err}");
+    assert_eq!(conf(), "before the refused call\n", "the call did not run");
+    w.audit_intact();
+}

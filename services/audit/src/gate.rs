@@ -142,6 +142,17 @@ struct Settings {
     system_mode: Mode,
 }
 
+/// Snapshots around risky calls (safe execution). The agent provides one (ghost-snapshot);
+/// the gate calls it for every tool that is high-risk or irreversible.
+pub trait SafetyNet: Send + Sync {
+    /// A snapshot of what `call` can touch, taken now: `Ok(Some(id))`; `Ok(None)` when there is
+    /// nothing a snapshot could put back (a process, files the tool only deletes as disposable);
+    /// `Err` when one is needed and cannot be taken — the call is then refused, not run unprotected.
+    fn before(&self, call: &ToolCall) -> Result<Option<String>, String>;
+    /// Puts snapshot `id` back after the call failed.
+    fn restore(&self, id: &str) -> Result<(), String>;
+}
+
 /// Policy + bounds + approvals + executor + audit, shared by the agent's threads.
 pub struct Gate {
     executor: Executor,
@@ -151,6 +162,7 @@ pub struct Gate {
     settings: RwLock<Settings>,
     /// Actor and reasons of queued calls, by request id.
     waiting: Mutex<HashMap<String, (String, Why)>>,
+    safety: RwLock<Option<Arc<dyn SafetyNet>>>,
 }
 
 impl Gate {
@@ -169,7 +181,13 @@ impl Gate {
             limiter: Mutex::new(RateLimiter::new(bounds)),
             settings: RwLock::new(Settings { constitution, system_mode }),
             waiting: Mutex::new(HashMap::new()),
+            safety: RwLock::new(None),
         }
+    }
+
+    /// Risky calls run inside `net`'s snapshots from now on.
+    pub fn set_safety_net(&self, net: Arc<dyn SafetyNet>) {
+        *self.safety.write().unwrap_or_else(|p| p.into_inner()) = Some(net);
     }
 
     /// A reloaded constitution or security mode (bounds apply at once; usage so far counts).
@@ -289,9 +307,55 @@ impl Gate {
                 return Ok(Handled::Limited { decision, exceeded, seq });
             }
         }
-        self.record(actor, call, why, policy.clone(), Outcome::new(Status::Started, Value::Null))?;
+        // Safe execution: a snapshot of what a risky call can touch first.
+        let risky = self.executor.registry().get(&call.tool).is_some_and(|s| s.risk >= Risk::High || !s.reversible);
+        let net = if risky { self.safety.read().unwrap_or_else(|p| p.into_inner()).clone() } else { None };
+        let mut snapshot = None;
+        if let Some(net) = &net {
+            match net.before(call) {
+                Ok(id) => snapshot = id,
+                Err(e) => {
+                    let reason = format!("no snapshot could be taken first ({e}); a risky call is not run unprotected");
+                    let outcome = Outcome::new(Status::Denied, json!({ "reason": reason, "safety": "snapshot failed" }));
+                    let seq = self.record(actor, call, why, policy, outcome)?;
+                    let decision = Decision { verdict: Verdict::Deny, reason, rule: "safety.snapshot".into() };
+                    return Ok(Handled::Denied { decision, seq });
+                }
+            }
+        }
+        let started = match &snapshot {
+            Some(id) => json!({ "snapshot": id }),
+            None => Value::Null,
+        };
+        self.record(actor, call, why, policy.clone(), Outcome::new(Status::Started, started))?;
         let result = self.executor.call(&call.tool, &call.args);
-        let seq = self.record(actor, call, why, policy, Outcome::from_result(&result))?;
+        let mut outcome = Outcome::from_result(&result);
+        if let (Some(net), Some(id)) = (&net, &snapshot) {
+            let mut safety = json!({ "snapshot": id });
+            // A command that ran and failed (non-zero exit, killed at its timeout) failed too.
+            let failed = match &result.outcome {
+                Err(_) => true,
+                Ok(out) => out.get("exit_code").is_some_and(|c| c.as_i64() != Some(0)) || out.get("timed_out") == Some(&json!(true)),
+            };
+            if failed {
+                // It failed: what it may have half-done is put back.
+                match net.restore(id) {
+                    Ok(()) => safety["restored"] = json!(true),
+                    Err(e) => {
+                        safety["restored"] = json!(false);
+                        safety["restore_error"] = json!(e);
+                    }
+                }
+            }
+            outcome.detail = match outcome.detail {
+                Value::Object(mut m) => {
+                    m.insert("safety".into(), safety);
+                    Value::Object(m)
+                }
+                other => json!({ "output": other, "safety": safety }),
+            };
+        }
+        let seq = self.record(actor, call, why, policy, outcome)?;
         Ok(Handled::Ran { decision, result, seq })
     }
 

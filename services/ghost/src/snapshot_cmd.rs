@@ -95,7 +95,7 @@ pub fn run(args: SnapshotArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
             let a = store.load(&id).map_err(anyhow::Error::msg)?;
             let b = match &id2 {
                 Some(i) => store.load(i).map_err(anyhow::Error::msg)?.entries,
-                None => store.scan().map_err(anyhow::Error::msg)?,
+                None => store.scan_covering(&a.roots, &a.databases).map_err(anyhow::Error::msg)?,
             };
             let d = Store::diff(&a.entries, &b);
             if json {

@@ -264,10 +264,10 @@ impl Store {
 
     /// Every entry under the roots now; with `store`, files are copied into the store as they
     /// are hashed. Returns the entries and the new bytes.
-    fn walk(&self, store: bool) -> Result<(Vec<Entry>, u64), String> {
+    fn walk(&self, roots: &[String], store: bool) -> Result<(Vec<Entry>, u64), String> {
         let mut out = Vec::new();
         let mut new_bytes = 0;
-        for r in &self.roots {
+        for r in roots {
             self.walk_one(r, store, &mut out, &mut new_bytes)?;
         }
         Ok((out, new_bytes))
@@ -340,10 +340,19 @@ impl Store {
         Ok(Some((Entry { path: sys.to_string(), kind: Kind::Database, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), size, sha256: Some(sha), target: None }, new)))
     }
 
-    /// Takes a snapshot now.
+    /// Takes a snapshot of the configured roots and databases now.
     pub fn create(&self, description: &str, trigger: Trigger) -> Result<Manifest, String> {
-        let (mut entries, mut new_bytes) = self.walk(true)?;
-        for d in &self.databases {
+        self.create_covering(&self.roots, &self.databases, description, trigger)
+    }
+
+    /// Takes a snapshot of just `roots` and `databases` (system paths): what one risky call
+    /// can touch. A restore of it puts back those and nothing else.
+    pub fn create_covering(&self, roots: &[String], databases: &[String], description: &str, trigger: Trigger) -> Result<Manifest, String> {
+        if let Some(bad) = roots.iter().chain(databases).find(|p| !p.starts_with('/') || p.split('/').any(|c| c == "..")) {
+            return Err(format!("{bad:?}: a snapshot covers absolute paths only"));
+        }
+        let (mut entries, mut new_bytes) = self.walk(roots, true)?;
+        for d in databases {
             if let Some((e, new)) = self.store_db(d)? {
                 entries.push(e);
                 new_bytes += new;
@@ -356,8 +365,8 @@ impl Store {
             description: description.to_string(),
             trigger,
             created_ms: now_ms(),
-            roots: self.roots.clone(),
-            databases: self.databases.clone(),
+            roots: roots.to_vec(),
+            databases: databases.to_vec(),
             entries,
             total_bytes,
             new_bytes,
@@ -389,10 +398,15 @@ impl Store {
         serde_json::from_slice(&text).map_err(|e| format!("{}: damaged manifest: {e}", path.display()))
     }
 
-    /// The current state's entries (hashed, not stored), databases included as they are now.
+    /// The current state's entries (hashed, not stored) under the configured roots, databases
+    /// included as they are now.
     pub fn scan(&self) -> Result<Vec<Entry>, String> {
-        let (mut entries, _) = self.walk(false)?;
-        for d in &self.databases {
+        self.scan_covering(&self.roots, &self.databases)
+    }
+
+    pub fn scan_covering(&self, roots: &[String], databases: &[String]) -> Result<Vec<Entry>, String> {
+        let (mut entries, _) = self.walk(roots, false)?;
+        for d in databases {
             let host = self.host(d);
             if let Ok(md) = std::fs::metadata(&host) {
                 entries.push(Entry { path: d.clone(), kind: Kind::Database, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), size: md.len(), sha256: None, target: None });
@@ -439,8 +453,9 @@ impl Store {
     pub fn restore(&self, id: &str) -> Result<(Manifest, Manifest, usize), String> {
         let m = self.load(id)?;
         self.check(&m)?;
-        let before = self.create(&format!("before restoring {id}"), Trigger::BeforeRestore)?;
-        let now = self.scan()?;
+        // The same ground as the snapshot, no more: a restore never touches what it did not cover.
+        let before = self.create_covering(&m.roots, &m.databases, &format!("before restoring {id}"), Trigger::BeforeRestore)?;
+        let now = self.scan_covering(&m.roots, &m.databases)?;
         let now_map: BTreeMap<&str, &Entry> = now.iter().map(|e| (e.path.as_str(), e)).collect();
         let want: BTreeMap<&str, &Entry> = m.entries.iter().map(|e| (e.path.as_str(), e)).collect();
         let mut staged: Vec<String> = Vec::new();

@@ -13,6 +13,7 @@ mod known_good;
 mod learn;
 mod oracle;
 mod perceive;
+mod safety;
 mod socket;
 mod think;
 
@@ -142,7 +143,8 @@ impl Shared {
 }
 
 fn system_mode(root: &GhostRoot) -> (Mode, Option<String>) {
-    let path = root.path("/etc/ghost/ghost.toml");
+    // The wizard's overlay (/var/lib/ghost/etc) first, as ghost-init reads it.
+    let path = root.etc("ghost.toml");
     let Ok(text) = std::fs::read_to_string(&path) else { return (Mode::Normal, None) };
     let value = toml::from_str::<toml::Table>(&text).ok().and_then(|t| t.get("security").and_then(|v| v.as_str().map(str::to_string)));
     match value {
@@ -229,6 +231,8 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
     let bounds = constitution.bounds;
     let allowed_tools = constitution.allowed_tools.clone();
     let gate = Gate::new(executor.clone(), audit.clone(), Arc::new(ApprovalQueue::new(cfg.approval_timeout)), constitution, mode);
+    // Safe execution: risky calls run inside a snapshot of what they can touch.
+    gate.set_safety_net(Arc::new(safety::SnapshotNet { root: root.dir().to_path_buf() }));
 
     let rules_dir = args.rules.unwrap_or_else(|| root.path("/etc/ghost/rules"));
     let (rules, problems) = RuleSet::load_dir(&rules_dir);
