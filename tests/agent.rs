@@ -451,6 +451,12 @@ fn a_risky_call_that_fails_is_rolled_back_from_its_snapshot_and_one_without_a_sn
     let snaps = Command::new(ghost_tests::bin("ghost")).args(["snapshot", "list", "--json"]).env("GHOST_ROOT", w.root.path()).output().unwrap();
     let snaps: serde_json::Value = serde_json::from_slice(&snaps.stdout).unwrap();
     assert!(snaps.as_array().unwrap().iter().any(|s| s["id"] == id.as_str() && s["trigger"] == "before-action"), "{snaps}");
+    // The hourly snapshot of the [snapshots] policy was taken when the agent started.
+    let hourly = eventually(Duration::from_secs(20), || {
+        let o = Command::new(ghost_tests::bin("ghost")).args(["snapshot", "list", "--json"]).env("GHOST_ROOT", w.root.path()).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok_and(|v| v.as_array().is_some_and(|a| a.iter().any(|s| s["trigger"] == "hourly")))
+    });
+    assert!(hourly, "no hourly snapshot: {}", w.ghost.console.text());
 
     // It succeeds: its change stays, and its record names the snapshot it ran inside.
     let (_, out, _) = run("improve");

@@ -205,7 +205,7 @@ impl Store {
     /// Copies `src` into the store while hashing it; returns (sha256, size, bytes new to the store).
     fn store_file(&self, src: &Path) -> Result<(String, u64, u64), String> {
         let mut f = std::fs::File::open(src).map_err(err(src))?;
-        let tmp = self.dir.join("tmp").join(format!("obj.{}.{:x}", std::process::id(), now_ms()));
+        let tmp = self.dir.join("tmp").join(tmp_name("obj"));
         let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err(&tmp))?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -321,7 +321,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", host.display())),
         };
-        let tmp = self.dir.join("tmp").join(format!("db.{}.{:x}", std::process::id(), now_ms()));
+        let tmp = self.dir.join("tmp").join(tmp_name("db"));
         let copy = (|| -> rusqlite::Result<()> {
             let src = rusqlite::Connection::open_with_flags(&host, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
             src.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -668,4 +668,13 @@ fn remove_db_companions(db: &Path) {
         p.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(p));
     }
+}
+
+/// A temporary name no other thread or process picks: pid, a per-process counter, random bits.
+fn tmp_name(kind: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut r = [0u8; 8];
+    let _ = getrandom::fill(&mut r);
+    format!("{kind}.{}.{n}.{:016x}", std::process::id(), u64::from_le_bytes(r))
 }

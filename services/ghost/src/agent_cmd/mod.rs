@@ -194,6 +194,7 @@ struct Heart {
     prewarmed: HashMap<String, Instant>,
     /// The constitution's model tokens per hour.
     tokens: RateLimiter,
+    hourly: safety::Hourly,
 }
 
 pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::ExitCode> {
@@ -295,6 +296,7 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
         tokens: RateLimiter::new(bounds),
         prewarmed: HashMap::new(),
         last_goal_check: Instant::now() - Duration::from_secs(60),
+        hourly: safety::Hourly::new(root.dir().to_path_buf()),
     };
     heart.schedule_running_services();
     let pace = Pace::new(cfg.min_interval, cfg.max_interval).with_max_beats_per_minute(bounds.beats_per_minute.min(u32::MAX as u64) as u32);
@@ -730,6 +732,7 @@ impl Heart {
             return;
         }
         self.last_goal_check = Instant::now();
+        self.hourly.tick();
         // The memory budget: past it, old low-salience episodes are summarised and archived.
         let health = self.sh.memory.health();
         if health.hot_episodes > health.max_hot_episodes {
