@@ -198,8 +198,12 @@ impl GhostConfig {
                     config.operator = o;
                     Ok(())
                 })),
+                // The snapshot policy is the userland's (ghost-snapshot reads and checks it);
+                // PID 1 only knows that it is a table.
+                "snapshots" if value.is_table() => {}
+                "snapshots" => problems.push(format!("{origin}: key `snapshots`: must be a table (hourly, keep, paths); ignored")),
                 _ => problems.push(format!(
-                    "{origin}: unknown key `{key}` (known: hostname, modules, security, network, console, stop_timeout_s, operator); ignored"
+                    "{origin}: unknown key `{key}` (known: hostname, modules, security, network, console, stop_timeout_s, operator, snapshots); ignored"
                 )),
             }
         }
@@ -280,6 +284,14 @@ serial = "ttyS1"
         assert_eq!(l.problems.len(), 1);
         assert!(l.problems[0].contains("/etc/ghost/ghost.toml"), "{}", l.problems[0]);
         assert!(l.problems[0].contains("`hostnme`"), "{}", l.problems[0]);
+    }
+
+    #[test]
+    fn the_snapshot_policy_is_left_to_the_userland_but_must_be_a_table() {
+        let l = GhostConfig::parse("hostname = \"h\"\n[snapshots]\nkeep = 3\npaths = [\"/srv\"]\n", "g.toml");
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        let l = GhostConfig::parse("snapshots = 3\n", "g.toml");
+        assert_eq!(l.problems, vec!["g.toml: key `snapshots`: must be a table (hourly, keep, paths); ignored".to_string()]);
     }
 
     #[test]
