@@ -103,7 +103,7 @@ fn sleep_bin() -> &'static str {
 
 #[test]
 fn the_operator_restarts_a_service_and_approves_a_pending_call_from_the_console() {
-    let sleeper = format!("description = \"a sleeper\"\nexec = [\"{}\", \"100000\"]\nrestart = \"always\"\n", sleep_bin());
+    let sleeper = format!("description = \"a sleeper\"\nexec = [\"/bin/sh\", \"-c\", \"echo sleeper says hello; exec {} 100000\"]\nrestart = \"always\"\n", sleep_bin());
     let w = World::start(&[("sleeper", sleeper)], |r| r, Isolation::Subreaper);
     let Some(tmux) = Tmux::start(&w, 100, 30) else { return };
     let long = Duration::from_secs(30);
@@ -163,6 +163,17 @@ fn the_operator_restarts_a_service_and_approves_a_pending_call_from_the_console(
     w.audit_intact();
     // Gone from the console's list too.
     tmux.wait_for("no calls wait for approval", long);
+
+    // Logs: `l` on the services screen follows the sleeper; both runs said hello.
+    tmux.keys(&["2"]);
+    tmux.wait_for("> sleeper", long);
+    tmux.keys(&["l"]);
+    tmux.wait("the sleeper's two hellos", long, |s| s.contains("Logs: sleeper") && s.matches("| sleeper says hello").count() == 2);
+    // Filtered to nothing, then all services again.
+    tmux.keys(&["f"]);
+    tmux.keys(&["-l", "no such words"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("no line matches the filter \"no such words\"", long);
 
     // q ends the console cleanly.
     tmux.keys(&["q"]);

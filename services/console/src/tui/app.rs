@@ -18,6 +18,8 @@ pub const HISTORY: usize = 240;
 pub const EVENTS: usize = 500;
 /// Log lines kept.
 pub const LOG_LINES: usize = 5000;
+/// How long the result of an action stays in the status line.
+pub const FLASH_MS: u64 = 15_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Screen {
@@ -194,8 +196,10 @@ pub struct App {
     pub editing: Option<Field>,
     pub confirm: Option<Confirm>,
     pub help: bool,
-    /// The last action's result: (text, is an error).
+    /// The last action's result: (text, is an error), shown for [`FLASH_MS`].
     pub flash: Option<(String, bool)>,
+    /// When the flash was set (`now_ms` then).
+    pub flash_at_ms: u64,
     pub quit: bool,
 }
 
@@ -222,6 +226,7 @@ impl App {
             confirm: None,
             help: false,
             flash: None,
+            flash_at_ms: 0,
             quit: false,
         }
     }
@@ -235,6 +240,24 @@ impl App {
     }
 
     pub fn apply(&mut self, u: Update) {
+        let before = self.flash.clone();
+        self.apply_inner(u);
+        self.stamp_flash(before);
+    }
+
+    /// The flash's clock starts when its text changes.
+    fn stamp_flash(&mut self, before: Option<(String, bool)>) {
+        if self.flash.is_some() && self.flash != before {
+            self.flash_at_ms = self.now_ms;
+        }
+    }
+
+    /// The flash, while it is fresh.
+    pub fn current_flash(&self) -> Option<&(String, bool)> {
+        self.flash.as_ref().filter(|_| self.now_ms.saturating_sub(self.flash_at_ms) < FLASH_MS)
+    }
+
+    fn apply_inner(&mut self, u: Update) {
         match u {
             Update::Control(link) => self.control = link,
             Update::Agent(link) => self.agent_link = link,
@@ -331,6 +354,13 @@ impl App {
 
     /// One key. Returns what the pollers should do.
     pub fn handle_key(&mut self, key: KeyEvent) -> Vec<Command> {
+        let before = self.flash.clone();
+        let commands = self.key_inner(key);
+        self.stamp_flash(before);
+        commands
+    }
+
+    fn key_inner(&mut self, key: KeyEvent) -> Vec<Command> {
         if key.modifiers.contains(KeyModifiers::CONTROL) && matches!(key.code, KeyCode::Char('c') | KeyCode::Char('q')) {
             self.quit = true;
             return Vec::new();

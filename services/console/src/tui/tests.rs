@@ -197,9 +197,12 @@ fn restart_start_and_stop_ask_first_and_only_yes_sends_the_request() {
     assert_eq!(sent, vec![Command::Control(Request::Stop { name: "redis".into() })]);
     let sent = press(&mut app, &[KeyCode::Up, KeyCode::Char('s'), KeyCode::Char('y')]);
     assert_eq!(sent, vec![Command::Control(Request::Start { name: "model".into() })]);
-    // The daemon's answer shows in the status line.
+    // The daemon's answer shows in the status line, for a while.
     app.apply(Update::Done { what: "start model".into(), result: Err("no service named `model`".into()) });
     assert!(draw(&app, 80, 24).contains("start model: no service named `model`"));
+    app.now_ms += super::app::FLASH_MS;
+    let s = draw(&app, 80, 24);
+    assert!(!s.contains("no service named") && s.contains("ghost-init up  agent up"), "{s}");
 }
 
 #[test]

@@ -83,7 +83,7 @@ fn status_line(app: &App) -> Line<'static> {
     if let Link::Down(why) = &app.control {
         return Line::from(vec![Span::styled("ghost-init: reconnecting… ", t.bad()), Span::raw(first_line(why).to_string())]);
     }
-    if let Some((text, error)) = &app.flash {
+    if let Some((text, error)) = app.current_flash() {
         return Line::from(Span::styled(text.clone(), if *error { t.bad() } else { t.ok() }));
     }
     let (agent, down) = link_words(&app.agent_link);
