@@ -478,3 +478,49 @@ fn a_risky_call_that_fails_is_rolled_back_from_its_snapshot_and_one_without_a_sn
     assert_eq!(conf(), "before the refused call\n", "the call did not run");
     w.audit_intact();
 }
+
+#[test]
+fn chat_without_a_model_answers_from_memory_and_the_audit_trail_and_says_so() {
+    let sleeper = "exec = [\"/bin/sleep\", \"100000\"]\nrestart = \"never\"\n".to_string();
+    let w = World::start(&[("kv", sleeper)], |r| r, Isolation::Subreaper);
+    let pid = w.running_pid("kv");
+    kill(pid, libc::SIGKILL);
+    w.repaired_by("revive-dead-service", Duration::from_secs(30));
+    let chat = |msg: &str| {
+        let (code, out, err) = w.ctl(&["chat", msg]);
+        assert_eq!(code, 0, "{out}{err}");
+        out
+    };
+    let why = chat("why did kv restart?");
+    assert!(why.contains("revive-dead-service") && why.contains("kv: exited: signal 9"), "{why}");
+    assert!(why.contains("No model server is running"), "it says it has no model: {why}");
+    eprintln!("ghostctl chat \"why did kv restart?\":\n{why}");
+    let changed = chat("what changed since yesterday?");
+    assert!(changed.contains("service.start") && changed.contains("rule:revive-dead-service"), "{changed}");
+    assert!(!changed.contains("service.status"), "read-only calls are not changes: {changed}");
+    let status = chat("status please");
+    assert!(status.contains("kv: running") && status.contains("agent: running"), "{status}");
+    // --json: one event per line, the last one `done` with the whole answer.
+    let (_, out, _) = w.ctl(&["chat", "--json", "why did kv restart?"]);
+    let events: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.last().unwrap()["event"], "done", "{out}");
+    assert!(events.last().unwrap()["answer"].as_str().unwrap().contains("revive-dead-service"));
+    assert_eq!(events.last().unwrap()["model"], Value::Null);
+    // The shell keeps a conversation going over stdin.
+    let out = std::process::Command::new(ghost_tests::bin("ghostctl"))
+        .arg("shell")
+        .env("GHOST_ROOT", w.root.path())
+        .env("HOME", w.root.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"status\nwhy did kv restart?\nexit\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.matches("ghost> ").count() == 3 && text.contains("kv: running") && text.contains("revive-dead-service"), "{text}");
+    assert_eq!(std::fs::read_to_string(w.path("/.ghost_history")).unwrap(), "status\nwhy did kv restart?\n");
+}

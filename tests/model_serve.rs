@@ -647,3 +647,45 @@ fn what_no_rule_covers_goes_to_the_model_and_its_call_through_policy_and_audit()
     assert!(hits[0]["text"].as_str().unwrap_or("").contains("feels slow"), "found by meaning first: {hits}");
     w.audit_intact();
 }
+
+/// Chat against the real server with the random test model: the first round must be a call
+/// (decoded under a tool's schema), which runs through policy and the audit trail as the
+/// chat's; the answer then streams from the server.
+#[test]
+fn chat_with_the_model_goes_through_the_tool_loop_with_valid_calls() {
+    use ghost_tests::agent_world::World;
+    let (_mirror, server) = ready_server();
+    let root = ghost_tests::Root::new();
+    root.ghost_toml("security = \"safe\"\n");
+    let w = World::start_in(root, &[], |r| r, ghost_tests::Isolation::Subreaper, "[metrics]\ndisks = []\n[model]\nsocket = \"/var/lib/model.sock\"\nmax_tokens = 48\n", |root| {
+        std::fs::create_dir_all(root.join("var/lib")).unwrap();
+        std::os::unix::fs::symlink(server.sock(), root.join("var/lib/model.sock")).unwrap();
+    });
+    let (code, out, err) = w.ctl(&["chat", "--json", "is everything all right with the services?"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", server.log());
+    let events: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let calls: Vec<&Value> = events.iter().filter(|e| e["event"] == "call").collect();
+    assert!(!calls.is_empty(), "the first round is a call: {out}");
+    // Every call names a real tool with object arguments, and each has its result.
+    let registry = ghost_audit::tools::Registry::builtin();
+    for c in &calls {
+        let spec = registry.get(c["tool"].as_str().unwrap()).unwrap_or_else(|| panic!("not a tool: {c}"));
+        let schema = jsonschema::validator_for(&spec.input_schema).unwrap();
+        assert!(schema.is_valid(&c["args"]), "the arguments match {}'s schema: {c}", spec.name);
+    }
+    assert_eq!(events.iter().filter(|e| e["event"] == "result").count(), calls.len(), "{out}");
+    let done = events.last().unwrap();
+    assert_eq!(done["event"], "done", "{out}");
+    assert!(done["model"].is_string() && done["answer"].is_string() && done["calls"].as_u64() == Some(calls.len() as u64), "{done}");
+    // The answer came as a stream of pieces, which add up to it.
+    let streamed: String = events.iter().filter(|e| e["event"] == "text").map(|e| e["text"].as_str().unwrap()).collect();
+    assert!(events.iter().filter(|e| e["event"] == "text").count() > 1 || done["answer"] == "", "{out}");
+    assert_eq!(streamed, done["answer"].as_str().unwrap());
+    // In the audit trail as the chat's, with the policy's verdict.
+    let audited: Vec<Value> = w.audit_records().into_iter().filter(|r| r["who"]["actor"] == "chat").collect();
+    assert!(audited.iter().any(|r| r["policy"]["verdict"].is_string() && r["outcome"]["status"] != "started"), "{audited:#?}");
+    // Each call has its policy verdict (a schema-valid call may still be refused, e.g. a
+    // service name with characters no service has: the policy's own checks go further).
+    assert!(audited.iter().all(|r| r["policy"]["rule"] != "tool.unknown"), "{audited:#?}");
+    w.audit_intact();
+}

@@ -81,6 +81,15 @@ pub enum AgentRequest {
     Proposals,
     /// Moves a proposal into /etc/ghost/rules; the agent reloads its rules.
     Accept { name: String },
+    /// A message to the agent (`ghostctl chat`, `ghostctl shell`): the reply is a stream of
+    /// lines, each an `AgentReply` whose `result.event` is `note`, `call`, `result`, `text`
+    /// (a piece of the answer) or, last, `done` (`answer`, `model`, `calls`).
+    Chat {
+        message: String,
+        /// Earlier turns of the conversation: `[{"role": "user"|"assistant", "content"}]`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        history: Vec<Value>,
+    },
     /// A crucible's verdict on a candidate (`ghost improve`): the agent appends it to the audit
     /// trail (actor `crucible`) and keeps it in memory — a kept one as a verified capability.
     Verdict {

@@ -37,6 +37,8 @@ pub fn request_for(command: &AgentCommand) -> AgentRequest {
         AgentCommand::Tell { text } => AgentRequest::Message { text: text.join(" ") },
         AgentCommand::Proposals => AgentRequest::Proposals,
         AgentCommand::Accept { name } => AgentRequest::Accept { name: name.clone() },
+        AgentCommand::Chat { message } => AgentRequest::Chat { message: message.join(" "), history: Vec::new() },
+        AgentCommand::Shell => AgentRequest::Chat { message: String::new(), history: Vec::new() },
     }
 }
 
@@ -79,7 +81,86 @@ pub fn run(command: &AgentCommand, socket: &SocketPath, output: Output, out: &mu
             ps.iter().map(|p| format!("== {} ==\n{}\n", p["name"].as_str().unwrap_or("?"), p["text"].as_str().unwrap_or(""))).collect()
         }),
         AgentCommand::Accept { name } => acknowledged(&mut conn, &request, out, output, |r| format!("accepted {name}: {}\n", r["file"].as_str().unwrap_or("?"))),
+        AgentCommand::Chat { .. } => chat_turn(&mut conn, &request, out, output).map(|_| ()),
+        AgentCommand::Shell => shell(&mut conn, out, output),
     }
+}
+
+/// One message: every event printed as it arrives (`--json`: one line each), the answer last.
+fn chat_turn(conn: &mut Connection, request: &AgentRequest, out: &mut dyn Write, output: Output) -> Result<String, Failure> {
+    let mut answer = String::new();
+    conn.agent_stream(request, &mut |ev: &Value| {
+        if output.json {
+            return json_line(out, ev);
+        }
+        let text = match ev["event"].as_str() {
+            Some("text") => {
+                answer.push_str(ev["text"].as_str().unwrap_or(""));
+                ev["text"].as_str().unwrap_or("").to_string()
+            }
+            Some("note") => format!("· {}\n", ev["text"].as_str().unwrap_or("")),
+            Some("call") => format!("→ {} {}\n", ev["tool"].as_str().unwrap_or("?"), ev["args"]),
+            Some("result") => {
+                let how = if let Some(r) = ev["refused"].as_str() {
+                    format!("refused: {r}")
+                } else if let Some(id) = ev["pending"].as_str() {
+                    format!("waits for an operator: ghostctl approve {id}")
+                } else if let Some(e) = ev["error"].as_str() {
+                    format!("error: {e}")
+                } else if ev["ok"] == true {
+                    "ok".into()
+                } else {
+                    "failed".into()
+                };
+                format!("← {} {how}\n", ev["tool"].as_str().unwrap_or("?"))
+            }
+            Some("done") => "\n".to_string(),
+            _ => String::new(),
+        };
+        print(out, &text)?;
+        out.flush().map_err(|_| Failure::StdoutClosed)
+    })?;
+    Ok(answer)
+}
+
+/// `ghostctl shell`: a prompt, one message per line, the conversation so far sent along.
+fn shell(conn: &mut Connection, out: &mut dyn Write, output: Output) -> Result<(), Failure> {
+    use std::io::BufRead;
+    let history_file = std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".ghost_history"));
+    let mut turns: Vec<Value> = Vec::new();
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if !output.json {
+            print(out, "ghost> ")?;
+            out.flush().map_err(|_| Failure::StdoutClosed)?;
+        }
+        let Some(Ok(line)) = lines.next() else { break };
+        let line = line.trim().to_string();
+        if line.is_empty() {
+            continue;
+        }
+        if line == "exit" || line == "quit" {
+            break;
+        }
+        if let Some(f) = &history_file {
+            if let Ok(mut h) = std::fs::OpenOptions::new().create(true).append(true).open(f) {
+                let _ = writeln!(h, "{line}");
+            }
+        }
+        let request = AgentRequest::Chat { message: line.clone(), history: turns.clone() };
+        let answer = chat_turn(conn, &request, out, output)?;
+        turns.push(serde_json::json!({ "role": "user", "content": line }));
+        turns.push(serde_json::json!({ "role": "assistant", "content": answer }));
+        // The newest 10 turns are enough context for a small model.
+        if turns.len() > 20 {
+            turns.drain(..turns.len() - 20);
+        }
+    }
+    if !output.json {
+        print(out, "\n")?;
+    }
+    Ok(())
 }
 
 /// 0 when the call ran (or its dry run was allowed), 1 when it ran and failed, 5 when the

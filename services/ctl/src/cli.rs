@@ -22,7 +22,7 @@ Exit status:
 Sockets: ghost-init's: --socket PATH, else $GHOST_SOCKET, else
 $GHOST_ROOT/run/ghost/control.sock when GHOST_ROOT is set, else /run/ghost/control.sock.
 The agent's (agent, tool, pending, approve, deny, audit, memory, decisions, why, goals, goal,
-tell): --agent-socket PATH, else $GHOST_AGENT_SOCKET, else $GHOST_ROOT/run/ghost/agent.sock
+tell, proposals, accept, chat, shell): --agent-socket PATH, else $GHOST_AGENT_SOCKET, else $GHOST_ROOT/run/ghost/agent.sock
 when GHOST_ROOT is set, else /run/ghost/agent.sock.";
 
 #[derive(Parser, Debug)]
@@ -152,6 +152,15 @@ pub enum AgentCommand {
     Proposals,
     /// Accept a learned rule: it moves into /etc/ghost/rules and decides without a model
     Accept { name: String },
+    /// Ask the agent something: its steps and answer stream as they come (without a model it
+    /// answers from memory and the audit trail, and says so)
+    Chat {
+        #[arg(required = true, value_name = "MESSAGE")]
+        message: Vec<String>,
+    },
+    /// A conversation with the agent: one message per line, the conversation kept as it goes,
+    /// lines saved in $HOME/.ghost_history; `exit` or end of input leaves
+    Shell,
 }
 
 #[derive(Subcommand, Debug, PartialEq, Eq)]

@@ -169,6 +169,28 @@ impl Connection {
         self.parse_reply::<ResultOf<T>>(&line).map(|r| r.result)
     }
 
+    /// Sends a request whose reply is a stream (`chat`): every line's `result` goes to
+    /// `on_event` until the one whose `event` is `done`; `ok: false` ends it as
+    /// [`Failure::Daemon`]. A step may take as long as the model does: no reply timeout here.
+    pub fn agent_stream(&mut self, req: &AgentRequest, on_event: &mut dyn FnMut(&serde_json::Value) -> Result<(), Failure>) -> Result<(), Failure> {
+        let socket = self.socket.clone();
+        self.writer.write_all(ghost_proto::to_line(req).as_bytes()).map_err(|e| Failure::Unreachable(format!("{socket}: {e}")))?;
+        loop {
+            let Some(line) = self.read_line().map_err(|e| Failure::Unreachable(format!("{socket}: {e}")))? else {
+                return Err(Failure::Unreachable(format!("{socket}: the agent closed the connection before its answer was done")));
+            };
+            let reply: AgentReply = self.parse_reply(&line)?;
+            if !reply.ok {
+                return Err(Failure::Daemon(format!("agent: {}", reply.error.unwrap_or_else(|| "refused the request without saying why".into()))));
+            }
+            let ev = reply.result.unwrap_or(serde_json::Value::Null);
+            on_event(&ev)?;
+            if ev["event"] == "done" {
+                return Ok(());
+            }
+        }
+    }
+
     /// Writes `req` as one line and reads the one reply line.
     fn exchange(&mut self, req: &impl Serialize) -> Result<String, Failure> {
         let socket = self.socket.clone();

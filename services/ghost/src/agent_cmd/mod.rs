@@ -7,6 +7,7 @@
 //! salient, escalated to the operator.
 
 mod act;
+mod chat;
 mod config;
 mod goals;
 mod known_good;
@@ -103,6 +104,8 @@ pub struct Shared {
     pub learning: Mutex<learn::Learning>,
     pub oracle: Mutex<oracle::Oracle>,
     pub started: Instant,
+    /// The local model server (the heartbeat's model layer and chat share it).
+    pub model: Arc<think::Model>,
     stats: Mutex<Stats>,
 }
 
@@ -189,7 +192,7 @@ struct Heart {
     stable: Duration,
     max_failures: u32,
     last_goal_check: Instant,
-    model: think::Model,
+    model: Arc<think::Model>,
     /// When the Oracle last pre-warmed each service.
     prewarmed: HashMap<String, Instant>,
     /// The constitution's model tokens per hour.
@@ -244,6 +247,7 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
     let (goals, problem) = Goals::load(root.path("/var/lib/ghost/agent/goals.json"), now_ms());
     problem.iter().for_each(|p| warn(p));
 
+    let model = Arc::new(think::Model::new(root.path(&cfg.model_socket), cfg.model_max_tokens, cfg.model_timeout, &Registry::builtin(), gate.mode(), &|t: &str| allowed_tools.contains(&t.to_string())));
     // Bounded: senses drop what does not fit while the heartbeat is busy (events wait).
     let (tx, rx) = mpsc::sync_channel(4096);
     let sh = Arc::new(Shared {
@@ -259,6 +263,7 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
         learning: Mutex::new(learn::Learning::load(&paths.identity_dir, 3)),
         oracle: Mutex::new(oracle::Oracle::load(paths.identity_dir.join("oracle.json"), 3, 0.6)),
         started: Instant::now(),
+        model: model.clone(),
         stats: Mutex::new(Stats { rules: rules.rules().len(), ..Stats::default() }),
     });
     let stop = Arc::new(AtomicBool::new(false));
@@ -280,7 +285,6 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
     eprintln!("ghost agent: {text}; socket {}", socket_path.display());
     ghost_model::serve::notify::Notifier::from_env().ready(&text);
 
-    let mode_now = sh.gate.mode();
     let mut heart = Heart {
         sh,
         rules,
@@ -292,7 +296,7 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
         snapshots: Vec::new(),
         stable: cfg.stable,
         max_failures: cfg.max_failures,
-        model: think::Model::new(root.path(&cfg.model_socket), cfg.model_max_tokens, cfg.model_timeout, &Registry::builtin(), mode_now, &|t: &str| allowed_tools.contains(&t.to_string())),
+        model,
         tokens: RateLimiter::new(bounds),
         prewarmed: HashMap::new(),
         last_goal_check: Instant::now() - Duration::from_secs(60),

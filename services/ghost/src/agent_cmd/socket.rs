@@ -104,6 +104,23 @@ fn client(sh: &Shared, stream: UnixStream) {
             AgentReply::error(format!("request longer than {MAX_LINE} bytes"))
         } else {
             match parse_agent_request(line.trim_end()) {
+                // A conversation streams its steps, then ends with its `done` line.
+                Ok(AgentRequest::Chat { message, history }) => {
+                    if message.trim().is_empty() {
+                        AgentReply::error("message: the message is empty")
+                    } else {
+                        let mut gone = false;
+                        let done = super::chat::chat(sh, &message, &history, &mut |ev| {
+                            if !gone && writer.write_all(to_line(&AgentReply::ok(ev)).as_bytes()).is_err() {
+                                gone = true;
+                            }
+                        });
+                        if gone {
+                            return;
+                        }
+                        AgentReply::ok(done)
+                    }
+                }
                 Ok(req) => answer(sh, req, &who).unwrap_or_else(AgentReply::error),
                 Err(e) => AgentReply::error(e),
             }
@@ -241,6 +258,7 @@ fn answer(sh: &Shared, req: AgentRequest, who: &str) -> Result<AgentReply, Strin
             let id = super::act::remember(&sh.memory, ghost_memory::Episode::new(kind, format!("crucible:{unit}"), &text).salience(salience).tool_call(format!("audit:{}", record.seq)).details(data), None);
             ok(json!({ "audit_seq": record.seq, "memory_id": id.map(|i| i.to_string()) }))
         }
+        AgentRequest::Chat { .. } => Err("chat streams its answer: it is served by the connection loop".into()),
         AgentRequest::Message { text } => {
             if text.trim().is_empty() {
                 return Err("text: the message is empty".into());

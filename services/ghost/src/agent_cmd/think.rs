@@ -109,6 +109,117 @@ impl Model {
     }
 }
 
+impl Model {
+    /// The tool a wire name stands for.
+    pub fn tool_of(&self, wire: &str) -> Option<&str> {
+        self.names.iter().find(|(w, _)| w == wire).map(|(_, t)| t.as_str())
+    }
+
+    /// One round of a conversation: the assistant's message (with `tool_calls` or `content`)
+    /// and the model's name. `tool_choice`: `required`, `auto` or `none`.
+    pub fn chat_round(&self, messages: &[Value], tool_choice: &str) -> Result<(Value, String), String> {
+        let mut body = json!({ "model": "ghost", "messages": messages, "max_tokens": self.max_tokens, "temperature": 0 });
+        if tool_choice != "none" {
+            body["tools"] = self.tools.clone();
+            body["tool_choice"] = json!(tool_choice);
+        }
+        let client = HttpClient::unix(&self.socket, "/v1");
+        let r = client.post_json("/chat/completions", &[], body.to_string().as_bytes(), self.timeout).map_err(|e| format!("{}: {e}", client.describe()))?;
+        if r.status != 200 {
+            return Err(format!("{} answered HTTP {}: {}", client.describe(), r.status, String::from_utf8_lossy(&r.body).chars().take(200).collect::<String>()));
+        }
+        let v: Value = serde_json::from_slice(&r.body).map_err(|e| format!("the answer is not JSON: {e}"))?;
+        let msg = v["choices"][0]["message"].clone();
+        if !msg.is_object() {
+            return Err("the answer holds no message".into());
+        }
+        Ok((msg, v["model"].as_str().unwrap_or("?").to_string()))
+    }
+
+    /// The final answer, streamed: each piece of text goes to `on_text` as the server sends
+    /// it (server-sent events over the socket, chunked). Returns the whole text and the model.
+    pub fn chat_stream(&self, messages: &[Value], on_text: &mut dyn FnMut(&str)) -> Result<(String, String), String> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let body = json!({ "model": "ghost", "messages": messages, "max_tokens": self.max_tokens, "temperature": 0, "stream": true }).to_string();
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).map_err(|e| format!("{}: {e}", self.socket.display()))?;
+        let _ = s.set_read_timeout(Some(self.timeout));
+        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).map_err(|e| e.to_string())?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        let status: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let mut chunked = false;
+        loop {
+            line.clear();
+            if r.read_line(&mut line).map_err(|e| e.to_string())? == 0 || line == "\r\n" {
+                break;
+            }
+            if line.to_ascii_lowercase().starts_with("transfer-encoding:") && line.to_ascii_lowercase().contains("chunked") {
+                chunked = true;
+            }
+        }
+        // The body, de-chunked, fed through an SSE splitter.
+        let mut text = String::new();
+        let mut model = String::from("?");
+        let mut pending = String::new();
+        let mut feed = |bytes: &[u8], text: &mut String, model: &mut String| -> bool {
+            pending.push_str(&String::from_utf8_lossy(bytes));
+            while let Some(end) = pending.find("\n\n") {
+                let event: String = pending.drain(..end + 2).collect();
+                for l in event.lines() {
+                    let Some(data) = l.strip_prefix("data: ") else { continue };
+                    if data.trim() == "[DONE]" {
+                        return false;
+                    }
+                    if let Ok(v) = serde_json::from_str::<Value>(data) {
+                        if let Some(m) = v["model"].as_str() {
+                            *model = m.to_string();
+                        }
+                        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+                            on_text(t);
+                            text.push_str(t);
+                        }
+                    }
+                }
+            }
+            true
+        };
+        if status != 200 {
+            let mut rest = String::new();
+            let _ = r.read_to_string(&mut rest);
+            return Err(format!("{} answered HTTP {status}: {}", self.socket.display(), rest.chars().take(200).collect::<String>()));
+        }
+        loop {
+            let bytes = if chunked {
+                line.clear();
+                if r.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+                    break;
+                }
+                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16).map_err(|_| format!("a bad chunk size {line:?}"))?;
+                if size == 0 {
+                    break;
+                }
+                let mut buf = vec![0u8; size + 2];
+                r.read_exact(&mut buf).map_err(|e| e.to_string())?;
+                buf.truncate(size);
+                buf
+            } else {
+                let mut buf = vec![0u8; 4096];
+                let n = r.read(&mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                buf
+            };
+            if !feed(&bytes, &mut text, &mut model) {
+                break;
+            }
+        }
+        Ok((text, model))
+    }
+}
+
 /// Memory's embeddings from the model server's `/v1/embeddings` (MiniLM there). While the
 /// server is away, recording goes on and the episodes wait for `embed_pending`.
 pub struct ServerEmbedder {
