@@ -147,8 +147,12 @@ fn overview_shows_the_machine_the_model_download_the_agent_and_what_is_wrong() {
     }
     assert!(s.contains("Services: 2 of 4 running"), "{s}");
     assert!(s.contains("web crash-loop (last: exit code 1)"), "the service in trouble is named:\n{s}");
-    // Once the server answers, its own words replace ghost-init's.
+    // Once the server answers, its own words replace ghost-init's: first while it downloads…
     let mut app = app;
+    app.apply(Update::Model(ModelHealth::Answer(json!({"status": "downloading", "detail": "downloading Qwen/Qwen2.5-0.5B: model.safetensors  80M / 100M  80%  2M/s  10s left", "model": "Qwen/Qwen2.5-0.5B"}))));
+    let s = draw(&app, 80, 24);
+    assert!(s.contains("server  downloading") && s.contains("download  80%") && !s.contains("no server on"), "{s}");
+    // …then ready.
     app.apply(Update::Model(ModelHealth::Answer(json!({"status": "ready", "model": "Qwen/Qwen2.5-0.5B-Instruct", "detail": ""}))));
     let s = draw(&app, 80, 24);
     assert!(s.contains("server  ready") && s.contains("model   Qwen/Qwen2.5-0.5B-Instruct"), "{s}");
@@ -360,7 +364,7 @@ fn a_lost_control_socket_shows_reconnecting_and_the_last_known_services() {
 fn every_screen_is_readable_on_a_narrow_terminal() {
     let mut app = world(Theme::PLAIN);
     let wants: [(char, &[&str]); 6] = [
-        ('1', &["CPU", "heartbeat", "web crash-loop"]),
+        ('1', &["CPU", "beat", "web crash-loop"]),
         ('2', &["redis", "crash-loop", "running"]),
         ('3', &["Ready to accept", "address already in use"]),
         ('4', &["5a7c01f2", "redis exited (signal 9)"]),
@@ -444,9 +448,25 @@ fn screens_at_80x24() {
     out.push_str(&format!("==== Help overlay (80×24) ====\n{}\n", draw(&app, 80, 24)));
     press(&mut app, &[KeyCode::Esc, KeyCode::Char('2'), KeyCode::Char('r')]);
     out.push_str(&format!("==== Restart confirmation (80×24) ====\n{}\n", draw(&app, 80, 24)));
+    press(&mut app, &[KeyCode::Char('n'), KeyCode::Esc]);
+    for (i, s) in Screen::ALL.iter().enumerate() {
+        press(&mut app, &[KeyCode::Char((b'1' + i as u8) as char)]);
+        let text = draw(&app, 60, 20);
+        assert_eq!(text.lines().count(), 20);
+        out.push_str(&format!("==== {} (60×20) ====\n{text}\n", s.title()));
+    }
     if let Some(path) = std::env::var_os("GHOST_CONSOLE_SCREENS") {
         std::fs::write(&path, &out).unwrap();
         eprintln!("screens written to {}", std::path::Path::new(&path).display());
+    }
+}
+
+#[test]
+fn overview_at_60x20_keeps_the_figures() {
+    let app = world(Theme::PLAIN);
+    let s = draw(&app, 60, 20);
+    for want in ["CPU   50%", "Mem   25%", "Disk  30%", "Load 0.42", "beat 2.0/s (every 500ms)", "decided 12, 92% no model", "approvals 1 waiting", "download  45%"] {
+        assert!(s.contains(want), "{want:?} missing:\n{s}");
     }
 }
 

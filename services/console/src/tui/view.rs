@@ -275,13 +275,26 @@ fn agent_box(app: &App, f: &mut Frame, area: Rect) {
     let interval = s["interval_ms"].as_u64().map_or(String::new(), |ms| format!(" (every {})", human::duration_ms(ms)));
     let share = s["share_without_model"].as_f64().map_or("-".into(), |x| format!("{:.0}%", x * 100.0));
     let pending = n("pending_approvals");
-    let mut lines = vec![
-        Line::from(format!("heartbeat  {rate}{interval}")),
-        Line::from(format!("decisions  {}, {share} without a model", n("decisions"))),
-        Line::from(format!("repairs    {} verified, {} failed", n("repairs_verified"), n("repairs_failed"))),
-        Line::from(vec![Span::raw("approvals  "), Span::styled(format!("{pending} waiting"), if pending > 0 { t.bad() } else { Style::default() })]),
-        Line::from(format!("memory     {}, {} episodes", s["memory"].as_str().unwrap_or("-"), n("memory_episodes"))),
-    ];
+    let pending_style = if pending > 0 { t.bad() } else { Style::default() };
+    let memory = s["memory"].as_str().unwrap_or("-");
+    // Narrow boxes (a 60-column terminal) get the same figures in fewer words.
+    let mut lines = if inner.width >= 36 {
+        vec![
+            Line::from(format!("heartbeat  {rate}{interval}")),
+            Line::from(format!("decisions  {}, {share} without a model", n("decisions"))),
+            Line::from(format!("repairs    {} verified, {} failed", n("repairs_verified"), n("repairs_failed"))),
+            Line::from(vec![Span::raw("approvals  "), Span::styled(format!("{pending} waiting"), pending_style)]),
+            Line::from(format!("memory     {memory}, {} episodes", n("memory_episodes"))),
+        ]
+    } else {
+        vec![
+            Line::from(format!("beat {rate}{interval}")),
+            Line::from(format!("decided {}, {share} no model", n("decisions"))),
+            Line::from(format!("repairs {} ok, {} failed", n("repairs_verified"), n("repairs_failed"))),
+            Line::from(vec![Span::raw("approvals "), Span::styled(format!("{pending} waiting"), pending_style)]),
+            Line::from(format!("memory {memory}, {}", n("memory_episodes"))),
+        ]
+    };
     if let Link::Down(why) = &app.agent_link {
         lines.insert(0, Line::styled(format!("reconnecting… {}", first_line(why)), t.warn()));
     }
