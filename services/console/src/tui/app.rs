@@ -258,7 +258,7 @@ impl App {
     }
 
     fn apply_inner(&mut self, u: Update) {
-        match u {
+        match clean_update(u) {
             Update::Control(link) => self.control = link,
             Update::Agent(link) => self.agent_link = link,
             Update::Services(mut list) => {
@@ -619,6 +619,100 @@ impl App {
             _ => {}
         }
         Vec::new()
+    }
+}
+
+/// Text from outside (service logs above all) as it can be shown: ANSI escape sequences
+/// removed (a log line must not clear the operator's screen or move its cursor), tabs as four
+/// spaces, carriage returns dropped, other control characters as `?`; newlines kept only where
+/// `newlines` (long texts shown in a pane), else a space.
+pub fn plain(s: &str, newlines: bool) -> String {
+    if !s.chars().any(|c| c.is_control()) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => match chars.next() {
+                // CSI: parameters and intermediates, then one final byte.
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('\x40'..='\x7e').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC: up to BEL or ST (ESC \\).
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\x07' || (c == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\t' => out.push_str("    "),
+            '\r' => {}
+            '\n' if newlines => out.push('\n'),
+            '\n' => out.push(' '),
+            c if c.is_control() => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn plain_opt(s: Option<String>) -> Option<String> {
+    s.map(|s| plain(&s, false))
+}
+
+/// Every string in a JSON value made [`plain`] (newlines kept: tables flatten them, panes wrap).
+pub fn plain_value(v: Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(plain(&s, true)),
+        Value::Array(a) => Value::Array(a.into_iter().map(plain_value).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (plain(&k, false), plain_value(v))).collect()),
+        other => other,
+    }
+}
+
+fn clean_link(l: Link) -> Link {
+    match l {
+        Link::Down(why) => Link::Down(plain(&why, true)),
+        other => other,
+    }
+}
+
+/// An update with every text from outside made [`plain`].
+fn clean_update(u: Update) -> Update {
+    let list = |v: Vec<Value>| v.into_iter().map(plain_value).collect::<Vec<_>>();
+    match u {
+        Update::Control(l) => Update::Control(clean_link(l)),
+        Update::Agent(l) => Update::Agent(clean_link(l)),
+        Update::Services(list) => Update::Services(
+            list.into_iter()
+                .map(|s| ServiceStatus {
+                    name: plain(&s.name, false),
+                    description: plain(&s.description, false),
+                    last_exit: plain_opt(s.last_exit),
+                    status_text: plain_opt(s.status_text),
+                    ..s
+                })
+                .collect(),
+        ),
+        Update::Event(e) => Update::Event(Event { service: plain_opt(e.service), detail: plain(&e.detail, false), ..e }),
+        Update::Log { generation, line } => Update::Log { generation, line: LogLine { service: plain(&line.service, false), text: plain(&line.text, false), ..line } },
+        Update::AgentStatus { status, at_ms } => Update::AgentStatus { status: plain_value(status), at_ms },
+        Update::Decisions(v) => Update::Decisions(list(v)),
+        Update::Goals(v) => Update::Goals(list(v)),
+        Update::Pending(v) => Update::Pending(list(v)),
+        Update::MemoryResults { query, result } => Update::MemoryResults { query, result: result.map(list).map_err(|e| plain(&e, false)) },
+        Update::Done { what, result } => Update::Done { what: plain(&what, false), result: result.map(|t| plain(&t, false)).map_err(|e| plain(&e, false)) },
+        Update::Model(ModelHealth::Answer(v)) => Update::Model(ModelHealth::Answer(plain_value(v))),
+        Update::Model(ModelHealth::Error(e)) => Update::Model(ModelHealth::Error(plain(&e, false))),
+        other => other,
     }
 }
 

@@ -488,3 +488,23 @@ fn resizing_redraws_the_whole_screen_at_the_new_size() {
     let s = buffer_text(t.backend());
     assert!(s.contains("RESTARTS") && s.lines().last().unwrap().starts_with("? help"), "{s}");
 }
+
+#[test]
+fn escape_sequences_in_a_log_line_never_reach_the_terminal() {
+    use super::app::plain;
+    assert_eq!(plain("\x1b[31mred\x1b[0m and \x1b[2Jcleared", false), "red and cleared");
+    assert_eq!(plain("title\x1b]0;pwned\x07 after", false), "title after");
+    assert_eq!(plain("a\tb\r\nc\x00d\u{9b}e", false), "a    b c?d?e");
+    assert_eq!(plain("line one\nline two", true), "line one\nline two");
+    let mut app = world(Theme::FULL);
+    app.apply(Update::Log { generation: 0, line: log("web", "\x1b[1;32mGET /\x1b[0m 200\x1b[2J\x1b[H", Stream::Stdout) });
+    app.apply(Update::Event(Event { ts_ms: NOW_MS, kind: EventKind::Status, service: Some("web".into()), pid: None, detail: "50%\r\x1b[K".into() }));
+    app.apply(Update::Decisions(vec![json!({"id": "1", "text": "rule r chose playbook p for: \x1b[31mbad\x1b[0m input", "layer": "rule"})]));
+    for k in ['1', '2', '3', '4'] {
+        press(&mut app, &[KeyCode::Char(k)]);
+        let s = draw(&app, 80, 24);
+        assert!(!s.chars().any(|c| c.is_control() && c != '\n'), "screen {k} carries a control character:\n{s:?}");
+    }
+    press(&mut app, &[KeyCode::Char('3')]);
+    assert!(draw(&app, 80, 24).contains("web | GET / 200"));
+}
