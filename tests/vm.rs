@@ -563,6 +563,22 @@ victim_back() { victim_up && [ "$pid" != "$first" ]; }
 wait_for victim_back
 say "victim: back as pid $pid"
 
+# The operator TUI, from ghost.toml's [console]: `ghost console` on tty2 (service console) and
+# on the headless port ttyS1 (console-serial). Seen when running with stdin on a terminal; a
+# `ghost console` that is not built yet says so in its log (then the wait ends at once).
+on_terminal() { pid=$(get "$1" pid); [ -n "$pid" ] && [ "$(get "$1" state)" = running ] && fd0=$(readlink /proc/$pid/fd/0) && case $fd0 in /dev/tty*) true ;; *) false ;; esac; }
+not_built() { ghostctl logs "$1" -n 5 2>/dev/null | grep -q "not built yet"; }
+for svc in console console-serial; do
+    tries=0
+    until on_terminal $svc || not_built $svc || [ $tries -ge 600 ]; do tries=$((tries + 1)); sleep 0.05; done
+    if on_terminal $svc; then
+        set -- $(cat /proc/$pid/stat)
+        say "$svc: pid $pid stdin $fd0 stdout $(readlink /proc/$pid/fd/1) session $6 tty_nr $7 TERM $(tr '\0' '\n' < /proc/$pid/environ | sed -n 's/^TERM=//p')"
+    else
+        say "$svc: not running on a terminal: state $(get $svc state), restarts $(get $svc restarts), log: $(ghostctl logs $svc -n 3 2>&1 | tr '\n' ' ')"
+    fi
+done
+
 fetch_done() { [ -n "$(get fetch last_exit)" ]; }
 wait_for fetch_done
 say "fetch: $(get fetch last_exit)"
@@ -590,12 +606,15 @@ tries=0
 beaten() { ghostctl agent --json > /tmp/agent.json 2>/dev/null && ! grep -q '"beats":0,' /tmp/agent.json; }
 until beaten || [ $tries -ge 1200 ]; do tries=$((tries + 1)); sleep 0.05; done
 say "agent: $(cat /tmp/agent.json 2>/dev/null || echo none)"
+for svc in console console-serial; do say "$svc: at the end: pid $(get $svc pid) restarts $(get $svc restarts)"; done
 say "done: powering off"
 exec ghostctl poweroff
 "#;
 
 /// One direct boot with `GUEST_SERVICES` (and `ghost.debug=1`, which echoes service output
-/// and start lines), shared by the guest tests; it ends when the conductor powers off.
+/// and start lines; `ghost.wizard=skip`), shared by the guest tests; it ends when the
+/// conductor powers off. The operator TUI runs as the image has it: on tty2 and on the
+/// headless port, whose bytes are kept in [`GUEST_HEADLESS`].
 fn guest_boot() -> Option<&'static str> {
     static SERIAL: OnceLock<Result<String, String>> = OnceLock::new();
     let image = image()?;
@@ -612,14 +631,19 @@ fn guest_boot() -> Option<&'static str> {
         files.push(("etc/services/fetch.toml", &fetch));
         write_state_files(&disk, &files, dir.path());
         GUEST_TOKEN.get_or_init(|| token);
-        let serial = try_boot(&Boot {
+        // The headless port (ttyS1): qemu/run puts it on a Unix socket beside the disk.
+        let headless = HeadlessPort::listen(PathBuf::from(format!("{}.tty.sock", disk.display())));
+        // No first-boot wizard: these services are what the boot is about.
+        let booted = try_boot(&Boot {
             image,
             disk: &disk,
             direct: true,
-            append: "ghost.debug=1",
+            append: "ghost.debug=1 ghost.wizard=skip",
             log: &dir.path().join("serial.log"),
             input: None,
-        })?;
+        });
+        GUEST_HEADLESS.get_or_init(|| headless.finish());
+        let serial = booted?;
         let lines = init_lines(&serial);
         if !lines
             .contains(&"ghost-init: cgroups: one cgroup v2 per service under /sys/fs/cgroup/ghost")
@@ -637,6 +661,88 @@ fn guest_boot() -> Option<&'static str> {
 }
 
 static GUEST_TOKEN: OnceLock<String> = OnceLock::new();
+/// What the guest boot's headless port (ttyS1) sent, from QEMU's start to its end.
+static GUEST_HEADLESS: OnceLock<Vec<u8>> = OnceLock::new();
+
+/// A reader of the headless serial port's Unix socket: connects as soon as QEMU has made it
+/// (polled every 20 ms, for as long as the boot may take) and keeps every byte until QEMU
+/// closes it.
+struct HeadlessPort {
+    bytes: std::sync::Arc<Mutex<Vec<u8>>>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl HeadlessPort {
+    fn listen(path: PathBuf) -> HeadlessPort {
+        use std::sync::atomic::Ordering;
+        let bytes = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (b, d) = (bytes.clone(), done.clone());
+        let reader = std::thread::spawn(move || {
+            // Until the boot is over (it may first wait for another boot's turn).
+            let mut stream = loop {
+                if d.load(Ordering::SeqCst) {
+                    return;
+                }
+                match std::os::unix::net::UnixStream::connect(&path) {
+                    Ok(s) => break s,
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            };
+            // QEMU ends the stream when it exits; the timeout bounds a QEMU that hangs.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(BOOT_TIMEOUT_S + 30)));
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stream, &mut buf) {
+                b.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        HeadlessPort { bytes, done, reader }
+    }
+
+    /// Once QEMU has exited: everything the port sent.
+    fn finish(self) -> Vec<u8> {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.reader.join();
+        std::mem::take(&mut *self.bytes.lock().unwrap())
+    }
+}
+
+/// Terminal output as the text a person would read: escape sequences (CSI, OSC, two-byte
+/// ESC) and other control characters dropped, cursor moves left as spaces.
+fn screen_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => match chars.next() {
+                Some('[') => {
+                    // Parameters and intermediates up to the final byte (@ to ~).
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                    out.push(' ');
+                }
+                Some(']') => {
+                    // Up to BEL or ESC \.
+                    while let Some(c) = chars.next() {
+                        if c == '\x07' || (c == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\n' | '\r' => out.push('\n'),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// An HTTP server on 127.0.0.1 (a port of its own) that answers every request with a fresh
 /// random token, for as long as the test process lives; returns the port and the token.
@@ -686,7 +792,8 @@ fn boot_and_tell_qemu(command: &str) -> Option<String> {
         image,
         disk: &disk,
         direct: true,
-        append: "",
+        // No first-boot wizard waiting for a person on the console.
+        append: "ghost.wizard=skip",
         log: &dir.path().join("serial.log"),
         input: Some(("ghost-init: boot complete", &input)),
     })
@@ -737,6 +844,49 @@ fn number_after(line: &str, prefix: &str) -> Option<u64> {
     let rest = &line[line.find(prefix)? + prefix.len()..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+#[test]
+fn guest_operator_tui_runs_supervised_on_tty2_and_on_the_headless_port() {
+    let Some(serial) = guest_boot() else { return };
+    let says = conductor_says(serial);
+    // tty_nr of /proc/PID/stat: major 4, minor 2 (tty2) and 64 + 1 (ttyS1).
+    let mut not_built = Vec::new();
+    for (svc, tty, tty_nr, term) in [("console", "/dev/tty2", 4 * 256 + 2, "linux"), ("console-serial", "/dev/ttyS1", 4 * 256 + 65, "vt220")] {
+        let seen = first_starting_with(&says, &format!("{svc}: "));
+        if seen.contains("ghost console is not built yet") {
+            not_built.push(svc);
+            continue;
+        }
+        let pid = number_after(seen, "pid ").unwrap_or_else(|| panic!("{svc} was not seen running on a terminal: {seen:?}\n{serial}"));
+        let want = format!("{svc}: pid {pid} stdin {tty} stdout {tty} session {pid} tty_nr {tty_nr} TERM {term}");
+        assert_eq!(seen, want, "{svc} is not `ghost console` as the session leader on {tty}:\n{serial}");
+        // Still the same process at the end of the boot: it did not crash and come back.
+        let end = format!("{svc}: at the end: pid {pid} restarts 0");
+        assert!(says.contains(&end.as_str()), "{svc} did not keep running (want `{end}`): {says:#?}\n{serial}");
+    }
+    let headless = GUEST_HEADLESS.get().expect("the guest boot read the headless port");
+    let screen = screen_text(headless);
+    eprintln!("vm: the headless port sent {} bytes; the TUI: {:?}", headless.len(), says.iter().filter(|l| l.starts_with("console")).collect::<Vec<_>>());
+    if not_built.contains(&"console-serial") {
+        eprintln!(
+            "the headless port's screen is not checked: `ghost console` in this image says it is not built yet ({} bytes on ttyS1)",
+            headless.len()
+        );
+        return;
+    }
+    // The TUI's screen on the headless port, as a person at the other end would read it.
+    assert!(
+        screen.contains("Services") && ["victim", "agent", "conductor"].iter().any(|s| screen.contains(s)),
+        "the headless port does not show the services ({} bytes; as text):\n{screen}",
+        headless.len()
+    );
+}
+
+#[test]
+fn screen_text_drops_escape_sequences() {
+    let raw = b"\x1b[?1049h\x1b[1;1H\x1b[38;5;4mServices\x1b[0m\x1b[2;3Hvictim\x1b]0;title\x07 running\r\n";
+    assert_eq!(screen_text(raw), "   Services  victim running\n\n");
 }
 
 #[test]
@@ -983,7 +1133,7 @@ fn model_service_in_the_guest_pulls_from_a_hub_mirror_on_the_host_and_serves() {
         image,
         disk: &disk,
         direct: true,
-        append: "ghost.debug=1",
+        append: "ghost.debug=1 ghost.wizard=skip",
         log: &dir.path().join("serial.log"),
         input: None,
     })
