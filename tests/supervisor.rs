@@ -478,6 +478,7 @@ struct Pty {
 impl Pty {
     fn open() -> Pty {
         use std::os::fd::FromRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
         // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on a fresh descriptor we own.
         unsafe {
             let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
@@ -539,8 +540,6 @@ impl Pty {
     }
 }
 
-use std::os::unix::fs::OpenOptionsExt;
-
 /// (session id, tty_nr) of a process, from /proc/PID/stat.
 fn session_and_tty(pid: i32) -> (i32, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -584,7 +583,7 @@ fn a_service_with_a_terminal_runs_on_it_as_its_controlling_tty() {
     assert!(!logs().iter().any(|l| l.text.starts_with("tty=")), "stdout went to the log, not the terminal: {:?}", logs());
     assert!(!quiet.seen.contains("oops"), "stderr reached the terminal: {:?}", quiet.seen);
     let quiet_pid = running_pid(&root, "quiet");
-    assert_eq!(fd_target(quiet_pid, 2).starts_with("pipe:"), true, "{}", fd_target(quiet_pid, 2));
+    assert!(fd_target(quiet_pid, 2).starts_with("pipe:"), "{}", fd_target(quiet_pid, 2));
 
     // Killed, it comes back and takes its terminal again.
     kill(pid, libc::SIGKILL);
