@@ -147,8 +147,13 @@ fn overview_shows_the_machine_the_model_download_the_agent_and_what_is_wrong() {
     }
     assert!(s.contains("Services: 2 of 4 running"), "{s}");
     assert!(s.contains("web crash-loop (last: exit code 1)"), "the service in trouble is named:\n{s}");
-    // Once the server answers, its own words replace ghost-init's: first while it downloads…
+    // A state partition of its own is shown beside the root's disk.
+    let mut two = app.history.last.clone().unwrap();
+    two.disks.push(("/var/lib/ghost".into(), 19 << 30, 20 << 30));
     let mut app = app;
+    app.apply(Update::System(two));
+    assert!(draw(&app, 80, 24).contains("2 CPUs  /var/lib/ghost 95%"));
+    // Once the server answers, its own words replace ghost-init's: first while it downloads…
     app.apply(Update::Model(ModelHealth::Answer(json!({"status": "downloading", "detail": "downloading Qwen/Qwen2.5-0.5B: model.safetensors  80M / 100M  80%  2M/s  10s left", "model": "Qwen/Qwen2.5-0.5B"}))));
     let s = draw(&app, 80, 24);
     assert!(s.contains("server  downloading") && s.contains("download  80%") && !s.contains("no server on"), "{s}");

@@ -166,6 +166,11 @@ fn system_box(app: &App, f: &mut Frame, area: Rect) {
         head.push(Span::raw(format!("booted {:04}-{:02}-{:02} {:02}:{:02}  ", b.year, b.month, b.day, b.hour, b.minute)));
     }
     head.push(Span::styled(format!("{} CPU{}", s.cpus, if s.cpus == 1 { "" } else { "s" }), t.dim()));
+    // The state partition, when it is a filesystem of its own.
+    for (at, used, total) in s.disks.iter().skip(1).filter(|d| d.2 > 0) {
+        let p = *used as f64 * 100.0 / *total as f64;
+        head.push(Span::styled(format!("  {at} {p:.0}%"), if p >= 90.0 { t.bad() } else { Style::default() }));
+    }
     f.render_widget(Line::from(head), rows[0]);
 
     let pct = |v: Option<f64>| v.map_or("  -".to_string(), |p| format!("{:>3.0}%", p));
