@@ -146,7 +146,14 @@ pub struct AgentView {
     pub decisions: Vec<Value>,
     pub goals: Vec<Value>,
     pub pending: Vec<Value>,
+    /// The selected waiting call.
     pub selected: usize,
+    /// The keys move in the decisions (else in the waiting calls).
+    pub on_decisions: bool,
+    /// The selected decision.
+    pub decision: usize,
+    /// The selected decision is open in full.
+    pub open: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -314,7 +321,18 @@ impl App {
                 self.agent.status = Some(status);
                 self.agent_link = Link::Up;
             }
-            Update::Decisions(d) => self.agent.decisions = d,
+            Update::Decisions(d) => {
+                // The same decision stays selected as newer ones arrive above it.
+                let id = self.agent.decisions.get(self.agent.decision).map(|x| x["id"].clone());
+                self.agent.decisions = d;
+                if let Some(i) = id.and_then(|id| self.agent.decisions.iter().position(|x| x["id"] == id)) {
+                    self.agent.decision = i;
+                }
+                self.agent.decision = self.agent.decision.min(self.agent.decisions.len().saturating_sub(1));
+                if self.agent.decisions.is_empty() {
+                    self.agent.open = false;
+                }
+            }
             Update::Goals(g) => self.agent.goals = g,
             Update::Pending(p) => {
                 self.agent.pending = p;
@@ -381,6 +399,12 @@ impl App {
                     Vec::new()
                 }
             };
+        }
+        if self.agent.open {
+            if matches!(key.code, KeyCode::Esc | KeyCode::Char('q') | KeyCode::Enter) {
+                self.agent.open = false;
+            }
+            return Vec::new();
         }
         if self.help {
             if matches!(key.code, KeyCode::Char('?') | KeyCode::Esc | KeyCode::Char('q') | KeyCode::Enter) {
@@ -540,10 +564,13 @@ impl App {
     }
 
     fn agent_key(&mut self, key: KeyEvent) -> Vec<Command> {
-        let n = self.agent.pending.len();
+        let a = &mut self.agent;
+        let (at, n) = if a.on_decisions { (&mut a.decision, a.decisions.len()) } else { (&mut a.selected, a.pending.len()) };
         match key.code {
-            KeyCode::Up | KeyCode::Char('k') => self.agent.selected = self.agent.selected.saturating_sub(1),
-            KeyCode::Down | KeyCode::Char('j') => self.agent.selected = (self.agent.selected + 1).min(n.saturating_sub(1)),
+            KeyCode::Up | KeyCode::Char('k') => *at = at.saturating_sub(1),
+            KeyCode::Down | KeyCode::Char('j') => *at = (*at + 1).min(n.saturating_sub(1)),
+            KeyCode::Left | KeyCode::Right | KeyCode::Char('h') | KeyCode::Char('l') => a.on_decisions = !a.on_decisions,
+            KeyCode::Enter if a.on_decisions && !a.decisions.is_empty() => a.open = true,
             KeyCode::Char(c @ ('a' | 'd')) => {
                 let Some(p) = self.agent.pending.get(self.agent.selected) else {
                     self.flash = Some(("no call waits for approval".into(), true));

@@ -284,6 +284,20 @@ fn agent_screen_shows_decisions_with_layer_and_why_goals_and_approves_a_pending_
     assert_eq!(press(&mut app, &[KeyCode::Char('y')]), vec![Command::Agent(AgentRequest::Approve { id: "5a7c01f2".into() })]);
     let sent = press(&mut app, &[KeyCode::Char('d'), KeyCode::Char('y')]);
     assert!(matches!(&sent[..], [Command::Agent(AgentRequest::Deny { id, .. })] if id == "5a7c01f2"), "{sent:?}");
+    // → moves to the decisions; Enter shows the selected one in full.
+    press(&mut app, &[KeyCode::Right, KeyCode::Down]);
+    let s = draw(&app, 80, 24);
+    assert!(s.lines().any(|l| l.contains("> ") && l.contains("operator says web is")), "the model's decision is selected:\n{s}");
+    press(&mut app, &[KeyCode::Enter]);
+    let s = draw(&app, 80, 24);
+    assert!(s.contains("Decision 40") && s.contains("model qwen chose service.restart {\"name\":\"web\"} for: operator says web is"), "{s}");
+    // A newer decision arriving keeps the same one selected.
+    let mut newer = vec![json!({"id": "42", "time_ms": NOW_MS, "text": "rule x chose playbook y for: z", "layer": "rule"})];
+    newer.extend(app.agent.decisions.clone());
+    app.apply(Update::Decisions(newer));
+    assert!(draw(&app, 80, 24).contains("Decision 40"));
+    press(&mut app, &[KeyCode::Esc, KeyCode::Left]);
+    assert!(!draw(&app, 80, 24).contains("Decision 40") && !app.agent.on_decisions);
     // Nothing pending: a says so instead of asking.
     app.apply(Update::Pending(vec![]));
     assert!(press(&mut app, &[KeyCode::Char('a')]).is_empty() && app.confirm.is_none());
@@ -449,7 +463,9 @@ fn screens_at_80x24() {
         assert_eq!(text.lines().count(), 24);
         out.push_str(&format!("==== {} (80×24) ====\n{text}\n", s.title()));
     }
-    press(&mut app, &[KeyCode::Char('?')]);
+    press(&mut app, &[KeyCode::Char('4'), KeyCode::Right, KeyCode::Enter]);
+    out.push_str(&format!("==== Agent: a decision in full (80×24) ====\n{}\n", draw(&app, 80, 24)));
+    press(&mut app, &[KeyCode::Esc, KeyCode::Left, KeyCode::Char('6'), KeyCode::Char('?')]);
     out.push_str(&format!("==== Help overlay (80×24) ====\n{}\n", draw(&app, 80, 24)));
     press(&mut app, &[KeyCode::Esc, KeyCode::Char('2'), KeyCode::Char('r')]);
     out.push_str(&format!("==== Restart confirmation (80×24) ====\n{}\n", draw(&app, 80, 24)));

@@ -31,6 +31,11 @@ pub fn render(app: &App, f: &mut Frame) {
     }
     f.render_widget(status_line(app), status);
     f.render_widget(footer_line(app), footer);
+    if app.screen == Screen::Agent && app.agent.open {
+        if let Some(d) = app.agent.decisions.get(app.agent.decision) {
+            decision_popup(app, d, f);
+        }
+    }
     if app.help {
         help(app, f);
     }
@@ -103,6 +108,9 @@ fn footer_keys(app: &App) -> Vec<(&'static str, &'static str)> {
     if app.help {
         return vec![("?/Esc", "close help")];
     }
+    if app.agent.open && app.screen == Screen::Agent {
+        return vec![("Esc", "close")];
+    }
     if let Some(field) = app.editing {
         let what = match field {
             Field::LogFilter => "filter",
@@ -116,7 +124,7 @@ fn footer_keys(app: &App) -> Vec<(&'static str, &'static str)> {
         Screen::Overview | Screen::Improve => vec![("1-6", "screens"), ("Tab", "next")],
         Screen::Services => vec![("↑↓", "select"), ("r", "restart"), ("s", "start"), ("x", "stop"), ("l", "logs"), ("Enter", "details")],
         Screen::Logs => vec![("a", "all"), ("[ ]", "service"), ("f", "filter"), ("/", "search"), ("n N", "match"), ("Space", "pause")],
-        Screen::Agent => vec![("↑↓", "select"), ("a", "approve"), ("d", "deny")],
+        Screen::Agent => vec![("↑↓", "select"), ("←→", "pane"), ("Enter", "why"), ("a", "approve"), ("d", "deny")],
         Screen::Memory => vec![("/", "search"), ("↑↓", "select")],
     });
     keys
@@ -126,7 +134,7 @@ fn footer_line(app: &App) -> Line<'static> {
     let t = &app.theme;
     let mut spans = Vec::new();
     for (k, what) in footer_keys(app) {
-        let k = if t.console_font { k.replace("↑↓", "Up/Dn") } else { k.to_string() };
+        let k = if t.console_font { k.replace("↑↓", "Up/Dn").replace("←→", "Lt/Rt") } else { k.to_string() };
         spans.push(Span::styled(k, t.key()));
         spans.push(Span::raw(format!(" {what}  ")));
     }
@@ -583,7 +591,8 @@ fn agent(app: &App, f: &mut Frame, area: Rect) {
     f.render_widget(head_line, head);
 
     // Pending approvals: what the operator can act on, first.
-    let pb = block(t, format!("Waiting for approval ({})", a.pending.len()));
+    let focused = |on: bool| if on { t.accent() } else { Style::default() };
+    let pb = block(t, format!("Waiting for approval ({})", a.pending.len())).border_style(focused(!a.on_decisions));
     if a.pending.is_empty() {
         let inner = pb.inner(pending_area);
         f.render_widget(pb, pending_area);
@@ -613,7 +622,7 @@ fn agent(app: &App, f: &mut Frame, area: Rect) {
 
     // Decisions, newest first, with their layer and why.
     let today = today(app);
-    let db = block(t, "Decisions (newest first)");
+    let db = block(t, "Decisions (newest first)").border_style(focused(a.on_decisions));
     let wide = area.width >= 76;
     if a.decisions.is_empty() {
         let inner = db.inner(decisions_area);
@@ -641,7 +650,12 @@ fn agent(app: &App, f: &mut Frame, area: Rect) {
             (vec![Constraint::Length(8), Constraint::Length(5), Constraint::Length(14), Constraint::Min(10)], &["WHEN", "LAYER", "RULE", "WHY"])
         };
         let table = Table::new(rows, widths).header(Row::new(headings.iter().copied()).style(t.title())).block(db);
-        f.render_widget(table, decisions_area);
+        if a.on_decisions {
+            let mut state = TableState::default().with_selected(Some(a.decision));
+            f.render_stateful_widget(table.row_highlight_style(t.selected()).highlight_symbol(t.marker()), decisions_area, &mut state);
+        } else {
+            f.render_widget(table, decisions_area);
+        }
     }
 
     let gb = block(t, "Goals");
@@ -676,6 +690,26 @@ fn why_of(text: &Value) -> String {
         Some((_, why)) => why.to_string(),
         None => text,
     }
+}
+
+/// A decision in full: when, layer, rule, playbook, outcome and the whole why.
+fn decision_popup(app: &App, d: &Value, f: &mut Frame) {
+    let t = &app.theme;
+    let area = centered(f.area(), 76, 12);
+    f.render_widget(Clear, area);
+    let when = d["time_ms"].as_u64().map_or("-".into(), |ms| human::timestamp(ms, today(app)));
+    let field = |k: &str, v: String| Line::from(vec![Span::styled(format!("{k:<9}"), t.key()), Span::raw(v)]);
+    let lines = vec![
+        field("when", when),
+        field("layer", cell(&d["layer"])),
+        field("rule", cell(&d["rule"])),
+        field("playbook", cell(&d["playbook"])),
+        field("outcome", cell(&d["outcome"])),
+        Line::from(""),
+        Line::from(d["text"].as_str().unwrap_or("-").to_string()),
+    ];
+    let title = format!("Decision {} (memory id; ghostctl why {})", cell(&d["id"]), cell(&d["id"]));
+    f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(block(t, title).border_style(t.accent())), area);
 }
 
 // ---------------------------------------------------------------- memory
@@ -771,6 +805,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("Logs f, /", "filter lines; search (n older, N newer match)"),
     ("Logs Space", "pause or resume following; End: back to live"),
     ("Agent a, d", "approve or deny the selected call (asks y/n)"),
+    ("Agent ←→, Enter", "calls or decisions pane; a decision in full"),
     ("Memory /", "type a query, Enter searches the agent's memory"),
 ];
 
@@ -778,7 +813,13 @@ fn help(app: &App, f: &mut Frame) {
     let t = &app.theme;
     let area = centered(f.area(), 76, HELP.len() as u16 + 4);
     f.render_widget(Clear, area);
-    let mut lines: Vec<Line> = HELP.iter().map(|(k, what)| Line::from(vec![Span::styled(format!("{k:<15}"), t.key()), Span::raw(*what)])).collect();
+    let mut lines: Vec<Line> = HELP
+        .iter()
+        .map(|(k, what)| {
+            let k = if t.console_font { k.replace("←→", "Lt/Rt") } else { k.to_string() };
+            Line::from(vec![Span::styled(format!("{k:<16}"), t.key()), Span::raw(*what)])
+        })
+        .collect();
     lines.push(Line::styled("colours: NO_COLOR=1 for none; TERM=linux uses 16", t.dim()));
     f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(block(t, "Help: keys")), area);
 }
