@@ -805,7 +805,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("Logs f, /", "filter lines; search (n older, N newer match)"),
     ("Logs Space", "pause or resume following; End: back to live"),
     ("Agent a, d", "approve or deny the selected call (asks y/n)"),
-    ("Agent ←→, Enter", "calls or decisions pane; a decision in full"),
+    ("Agent ←→ Enter", "calls or decisions pane; a decision in full"),
     ("Memory /", "type a query, Enter searches the agent's memory"),
 ];
 
@@ -817,7 +817,7 @@ fn help(app: &App, f: &mut Frame) {
         .iter()
         .map(|(k, what)| {
             let k = if t.console_font { k.replace("←→", "Lt/Rt") } else { k.to_string() };
-            Line::from(vec![Span::styled(format!("{k:<16}"), t.key()), Span::raw(*what)])
+            Line::from(vec![Span::styled(format!("{k:<18}"), t.key()), Span::raw(*what)])
         })
         .collect();
     lines.push(Line::styled("colours: NO_COLOR=1 for none; TERM=linux uses 16", t.dim()));
