@@ -524,3 +524,56 @@ fn chat_without_a_model_answers_from_memory_and_the_audit_trail_and_says_so() {
     assert!(out.status.success() && text.matches("ghost> ").count() == 3 && text.contains("kv: running") && text.contains("revive-dead-service"), "{text}");
     assert_eq!(std::fs::read_to_string(w.path("/.ghost_history")).unwrap(), "status\nwhy did kv restart?\n");
 }
+
+#[test]
+fn two_machines_sharing_a_path_share_one_memory_and_each_others_snapshots() {
+    const WORDS: [&str; 5] = ["apple", "banana", "cherry", "damson", "elderberry"];
+    // Two hosted systems (as two containers would), each with /shared linked to one directory.
+    let shared = tempfile::tempdir().unwrap();
+    let agent_toml = World::fast_config(&[]) + "[memory]\npath = \"/shared/memory.db\"\n";
+    let start = |rules_text: &'static str| {
+        let link = shared.path().to_path_buf();
+        World::start_in(ghost_tests::Root::new(), &[], |r| r, Isolation::Subreaper, &agent_toml, move |root| {
+            std::os::unix::fs::symlink(&link, root.join("shared")).unwrap();
+            std::fs::write(root.join("etc/ghost/ghost.toml"), "[snapshots]\nstore = \"/shared/snapshots\"\ndatabases = [\"/shared/memory.db\"]\n").unwrap();
+            std::fs::create_dir_all(root.join("etc/ghost/rules")).unwrap();
+            std::fs::write(root.join("etc/ghost/rules/local.toml"), rules_text).unwrap();
+        })
+    };
+    let a = start("# machine a\n");
+    let b = start("# machine b\n");
+    // Both agents write at once: nothing is lost and neither reports an error. (Five each:
+    // the attention filter folds more than 8 alike observations per 10 s into one.)
+    std::thread::scope(|s| {
+        for (w, name) in [(&a, "alpha"), (&b, "beta")] {
+            s.spawn(move || {
+                for word in WORDS {
+                    let (code, _, err) = w.ctl(&["tell", &format!("{word} {name}")]);
+                    assert_eq!(code, 0, "{err}");
+                }
+            });
+        }
+    });
+    let both = |w: &World| {
+        WORDS.iter().all(|word| {
+            ["alpha", "beta"].iter().all(|n| {
+                let want = format!("{word} {n}");
+                w.ctl_json(&["memory", "search", &want]).as_array().unwrap().iter().any(|h| h["text"] == want.as_str())
+            })
+        })
+    };
+    assert!(eventually(Duration::from_secs(30), || both(&a) && both(&b)), "each machine finds both machines' notes:\n{}\n{}", std::fs::read_to_string(a.path("/var/log/ghost/agent.log")).unwrap_or_default(), std::fs::read_to_string(b.path("/var/log/ghost/agent.log")).unwrap_or_default());
+    assert_eq!(a.ctl_json(&["agent"])["errors"], 0);
+    assert_eq!(b.ctl_json(&["agent"])["errors"], 0);
+    // A snapshot taken on a is listed and restored on b.
+    let snap = |w: &World, args: &[&str]| {
+        let o = Command::new(ghost_tests::bin("ghost")).arg("snapshot").args(args).arg("--json").env("GHOST_ROOT", w.root.path()).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let id = snap(&a, &["create", "-m", "from machine a"])["id"].as_str().unwrap().to_string();
+    assert!(snap(&b, &["list"]).as_array().unwrap().iter().any(|m| m["id"] == id.as_str()), "b sees a's snapshot");
+    snap(&b, &["restore", &id]);
+    assert_eq!(std::fs::read_to_string(b.path("/etc/ghost/rules/local.toml")).unwrap(), "# machine a\n");
+    assert_eq!(std::fs::read_to_string(a.path("/etc/ghost/rules/local.toml")).unwrap(), "# machine a\n", "a is untouched");
+}

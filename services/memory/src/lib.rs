@@ -546,16 +546,18 @@ impl Memory {
                 }
             }
         }
-        let first = g.next_id;
-        g.next_id += batch.len() as i64;
-        let ids: Vec<EpisodeId> = (first..first + batch.len() as i64).collect();
-
+        let n = batch.len() as i64;
         if g.unavailable.is_none() && g.conn.is_some() {
             let codes: Vec<Option<Vec<u64>>> = vectors.iter().map(|v| v.as_deref().map(vector::code)).collect();
             let new_dim = if g.dim.is_none() { vectors.iter().flatten().next().map(Vec::len) } else { None };
+            let mut first = g.next_id;
             let conn = g.conn.as_mut().expect("checked above");
-            let written = (|| -> rusqlite::Result<()> {
+            let written = (|| -> rusqlite::Result<Vec<EpisodeId>> {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                // Ids are taken under the write lock: another process sharing the database
+                // (another machine or container on the same path) may have written since.
+                first = first.max(store::max_id(&tx)? + 1);
+                let ids: Vec<EpisodeId> = (first..first + n).collect();
                 if let Some(d) = new_dim {
                     store::set_meta(&tx, "embedding_dim", &d.to_string())?;
                 }
@@ -566,10 +568,12 @@ impl Memory {
                     };
                     store::insert_episode(&tx, &store::NewEpisode { id: ids[k], episode: e, vector })?;
                 }
-                tx.commit()
+                tx.commit()?;
+                Ok(ids)
             })();
             match written {
-                Ok(()) => {
+                Ok(ids) => {
+                    g.next_id = first + n;
                     if let Some(d) = new_dim {
                         g.dim = Some(d);
                         g.index = Some(VectorIndex::new(d, self.opts.vector_index_max));
@@ -600,6 +604,9 @@ impl Memory {
             }
         }
         // In-process.
+        let first = g.next_id;
+        g.next_id += n;
+        let ids: Vec<EpisodeId> = (first..first + n).collect();
         let held = g.held.len();
         if held + batch.len() > self.opts.max_pending {
             let reason = format!(

@@ -328,3 +328,28 @@ fn a_database_of_another_application_is_refused() {
     assert!(err.to_string().contains("not a ghostos memory database"), "{err}");
     assert!(err.to_string().contains("other.db"), "{err}");
 }
+
+#[test]
+fn two_writers_on_one_database_lose_nothing() {
+    // Two machines or containers sharing the path: each has its own Memory on the same file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.db");
+    let (a, b) = (open(&path), open(&path));
+    std::thread::scope(|s| {
+        for (m, who) in [(&a, "a"), (&b, "b")] {
+            s.spawn(move || {
+                for i in 0..100 {
+                    m.record(&Episode::new(K::Note, who, format!("note {i} from {who}"))).unwrap_or_else(|e| panic!("{who} {i}: {e}"));
+                }
+            });
+        }
+    });
+    for m in [&a, &b] {
+        let all = m.query(&EpisodeFilter { limit: 1000, ..EpisodeFilter::default() }).unwrap();
+        assert_eq!(all.len(), 200, "each sees every note of both");
+        let mut ids: Vec<_> = all.iter().map(|e| e.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 200, "no id given twice");
+    }
+}

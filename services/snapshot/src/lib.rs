@@ -15,7 +15,7 @@
 //! objects/ab/abcdef…    a file's bytes, named by their SHA-256 (written once, never changed)
 //! manifests/ID.json     a snapshot: id (ULID), description, trigger, time, every entry
 //!                       (path, kind, mode, owner, size, sha256 or link target)
-//! restore/              the journal and staged files of a restore under way
+//! (and /var/lib/ghost/.snapshot-restore/: this machine's journal of a restore under way)
 //! ```
 //!
 //! ## Restore

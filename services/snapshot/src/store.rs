@@ -88,18 +88,26 @@ pub struct Diff {
 }
 
 /// ghost.toml's `[snapshots]`: `hourly = true`, `keep = 24` (automatic ones; manual ones are
-/// never pruned), `paths = [...]` (more roots).
+/// never pruned), `paths = [...]` (more roots), `databases = [...]` (default: the agent's
+/// memory), `store = "/var/lib/ghost/snapshots"` (a path shared between machines or
+/// containers makes one's snapshots visible and restorable on the others).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub hourly: bool,
     pub keep: usize,
     pub paths: Vec<String>,
+    pub databases: Vec<String>,
+    pub store: String,
 }
 
 impl Default for Policy {
     fn default() -> Policy {
-        Policy { hourly: true, keep: 24, paths: Vec::new() }
+        Policy { hourly: true, keep: 24, paths: Vec::new(), databases: DEFAULT_DATABASES.iter().map(|s| s.to_string()).collect(), store: STORE.to_string() }
     }
+}
+
+fn absolute(p: &str) -> bool {
+    p.starts_with('/') && !p.split('/').any(|c| c == "..")
 }
 
 impl Policy {
@@ -119,12 +127,17 @@ impl Policy {
             match key.as_str() {
                 "hourly" => p.hourly = v.as_bool().ok_or_else(|| format!("{origin}: snapshots.hourly: must be true or false"))?,
                 "keep" => p.keep = v.as_integer().filter(|n| (1..=10_000).contains(n)).ok_or_else(|| format!("{origin}: snapshots.keep: must be a whole number from 1 to 10000"))? as usize,
-                "paths" => {
+                "paths" | "databases" => {
                     let list = v.as_array().and_then(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect::<Option<Vec<_>>>());
-                    let list = list.filter(|l| l.iter().all(|p| p.starts_with('/') && !p.split('/').any(|c| c == ".."))).ok_or_else(|| format!("{origin}: snapshots.paths: must be an array of absolute paths"))?;
-                    p.paths = list;
+                    let list = list.filter(|l| l.iter().all(|p| absolute(p))).ok_or_else(|| format!("{origin}: snapshots.{key}: must be an array of absolute paths"))?;
+                    if key == "paths" {
+                        p.paths = list;
+                    } else {
+                        p.databases = list;
+                    }
                 }
-                other => return Err(format!("{origin}: snapshots.{other}: unknown key (hourly, keep, paths)")),
+                "store" => p.store = v.as_str().filter(|s| absolute(s) && *s != "/").ok_or_else(|| format!("{origin}: snapshots.store: must be an absolute path"))?.to_string(),
+                other => return Err(format!("{origin}: snapshots.{other}: unknown key (hourly, keep, paths, databases, store)")),
             }
         }
         Ok(p)
@@ -135,6 +148,8 @@ impl Policy {
 pub const DEFAULT_ROOTS: [&str; 3] = ["/etc/ghost", "/var/lib/ghost/etc", "/var/lib/ghost/agent/goals.json"];
 pub const DEFAULT_DATABASES: [&str; 1] = ["/var/lib/ghost/memory.db"];
 const STORE: &str = "/var/lib/ghost/snapshots";
+/// Where this machine keeps a restore's journal (see [`Store::restore`]).
+const RESTORE: &str = "/var/lib/ghost/.snapshot-restore";
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -170,6 +185,11 @@ struct Journal {
 pub struct Store {
     root: PathBuf,
     dir: PathBuf,
+    /// The store's system path (left out of every snapshot).
+    store: String,
+    /// This machine's restore journal and list of staged files: never in a shared store, so
+    /// that one machine's interrupted restore is never replayed on another.
+    restore_dir: PathBuf,
     pub roots: Vec<String>,
     pub databases: Vec<String>,
     pub policy: Policy,
@@ -182,9 +202,8 @@ impl Store {
         let policy = Policy::load(&root.join("etc/ghost/ghost.toml"))?;
         let mut roots: Vec<String> = DEFAULT_ROOTS.iter().map(|s| s.to_string()).collect();
         roots.extend(policy.paths.iter().cloned());
-        let s = Store { root: root.to_path_buf(), dir: root.join(STORE.trim_start_matches('/')), roots, databases: DEFAULT_DATABASES.iter().map(|s| s.to_string()).collect(), policy };
-        for d in ["objects", "manifests", "restore", "tmp"] {
-            let p = s.dir.join(d);
+        let s = Store { root: root.to_path_buf(), dir: root.join(policy.store.trim_start_matches('/')), roots, databases: policy.databases.clone(), store: policy.store.clone(), restore_dir: root.join(RESTORE.trim_start_matches('/')), policy };
+        for p in ["objects", "manifests", "tmp"].iter().map(|d| s.dir.join(d)).chain([s.restore_dir.clone()]) {
             std::fs::create_dir_all(&p).map_err(err(&p))?;
         }
         if let Some(note) = s.recover()? {
@@ -259,7 +278,7 @@ impl Store {
 
     /// Paths the walk leaves out: the store itself, and the databases with their companions.
     fn excluded(&self, sys: &str) -> bool {
-        sys == STORE || sys.starts_with(&format!("{STORE}/")) || self.databases.iter().any(|d| sys == d || [format!("{d}-wal"), format!("{d}-shm"), format!("{d}-journal")].iter().any(|c| c == sys))
+        [self.store.as_str(), RESTORE].iter().any(|x| sys == *x || sys.starts_with(&format!("{x}/"))) || self.databases.iter().any(|d| sys == d || [format!("{d}-wal"), format!("{d}-shm"), format!("{d}-journal")].iter().any(|c| c == sys))
     }
 
     /// Every entry under the roots now; with `store`, files are copied into the store as they
@@ -460,7 +479,7 @@ impl Store {
         let want: BTreeMap<&str, &Entry> = m.entries.iter().map(|e| (e.path.as_str(), e)).collect();
         let mut staged: Vec<String> = Vec::new();
         let mut ops = Vec::new();
-        let stage_list = self.dir.join("restore/staged.json");
+        let stage_list = self.restore_dir.join("staged.json");
         let mut n = 0usize;
         let mut stage = |e: &Entry, staged: &mut Vec<String>| -> Result<String, String> {
             let target = self.host(&e.path);
@@ -529,7 +548,7 @@ impl Store {
         }
         // The commit point.
         let journal = Journal { id: m.id.clone(), ops };
-        let jpath = self.dir.join("restore/journal.json");
+        let jpath = self.restore_dir.join("journal.json");
         write_atomic(&jpath, &serde_json::to_vec(&journal).map_err(|e| e.to_string())?, 0o600).map_err(err(&jpath))?;
         self.apply(&journal)?;
         Ok((m, before, count))
@@ -553,15 +572,15 @@ impl Store {
         for d in touched {
             let _ = sync_dir(&d);
         }
-        for f in ["restore/journal.json", "restore/staged.json"] {
-            let p = self.dir.join(f);
+        for f in ["journal.json", "staged.json"] {
+            let p = self.restore_dir.join(f);
             if let Err(e) = std::fs::remove_file(&p) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     return Err(format!("{}: {e}", p.display()));
                 }
             }
         }
-        sync_dir(&self.dir.join("restore")).map_err(err(&self.dir))
+        sync_dir(&self.restore_dir).map_err(err(&self.restore_dir))
     }
 
     fn apply_one(&self, op: &Op) -> Result<(), String> {
@@ -614,13 +633,13 @@ impl Store {
     /// After a crash: a committed restore is finished; staged files of one that never committed
     /// are removed. Returns what it did, if anything.
     pub fn recover(&self) -> Result<Option<String>, String> {
-        let jpath = self.dir.join("restore/journal.json");
+        let jpath = self.restore_dir.join("journal.json");
         if let Ok(text) = std::fs::read(&jpath) {
             let j: Journal = serde_json::from_slice(&text).map_err(|e| format!("{}: damaged restore journal: {e}", jpath.display()))?;
             self.apply(&j)?;
             return Ok(Some(format!("finished the restore of {} that was interrupted ({} steps replayed)", j.id, j.ops.len())));
         }
-        let spath = self.dir.join("restore/staged.json");
+        let spath = self.restore_dir.join("staged.json");
         if let Ok(text) = std::fs::read(&spath) {
             let staged: Vec<String> = serde_json::from_slice(&text).unwrap_or_default();
             for s in &staged {

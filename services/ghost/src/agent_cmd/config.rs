@@ -30,6 +30,9 @@ pub struct AgentConfig {
     pub watch: Vec<String>,
     /// Named timers: an observation `timer` / NAME every period.
     pub timers: Vec<(String, Duration)>,
+    /// The memory database (system path); on a path shared between machines or containers,
+    /// their agents share one memory (SQLite WAL, writers wait for each other).
+    pub memory_path: String,
 }
 
 impl Default for AgentConfig {
@@ -48,6 +51,7 @@ impl Default for AgentConfig {
             model_timeout: Duration::from_secs(60),
             watch: vec!["/etc/ghost/services".into()],
             timers: Vec::new(),
+            memory_path: "/var/lib/ghost/memory.db".into(),
         }
     }
 }
@@ -112,6 +116,10 @@ impl AgentConfig {
                         _ => bad(&name, "must be an integer from 16 to 4096"),
                     },
                     ("model", "timeout_ms") => ms(v).map(|d| c.model_timeout = d).unwrap_or_else(|| bad(&name, "must be a positive integer")),
+                    ("memory", "path") => match v.as_str() {
+                        Some(p) if p.starts_with('/') && !p.split('/').any(|c| c == "..") => c.memory_path = p.to_string(),
+                        _ => bad(&name, "must be an absolute path"),
+                    },
                     ("watch", "paths") => absolute_paths(v).map(|d| c.watch = d).unwrap_or_else(|| bad(&name, "must be an array of absolute paths")),
                     ("approvals", "timeout_s") => match v.as_integer() {
                         Some(n) if n > 0 => c.approval_timeout = Duration::from_secs(n as u64),

@@ -219,7 +219,7 @@ pub fn run(args: AgentArgs, root: &GhostRoot) -> anyhow::Result<std::process::Ex
     let opened = AuditLog::open(&paths.audit_dir, identity.clone()).with_context(|| format!("the audit trail in {}", paths.audit_dir.display()))?;
     opened.notes.iter().for_each(|n| eprintln!("ghost agent: audit: {n}"));
     let audit = Arc::new(opened.log);
-    let memory_path = root.path("/var/lib/ghost/memory.db");
+    let memory_path = root.path(&cfg.memory_path);
     let memory = Arc::new(Memory::open(&memory_path, ghost_memory::Options::default()).with_context(|| format!("memory at {}", memory_path.display()))?);
     // Meaning as well as words, from the model server's embedder when it is up.
     memory.set_embedder(Some(Arc::new(think::ServerEmbedder { socket: root.path(&cfg.model_socket), timeout: Duration::from_secs(10) })));
