@@ -82,6 +82,18 @@ pub enum Update {
     Done { what: String, result: Result<String, String> },
     System(Sample),
     Model(ModelHealth),
+    /// The crucible's units: the generation each runs and its verdicts (history.jsonl).
+    Improve(Vec<UnitHistory>),
+}
+
+/// One improvable unit as `/var/lib/ghost/generations/UNIT/` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitHistory {
+    pub unit: String,
+    /// What `current` points at.
+    pub generation: Option<u64>,
+    /// Every verdict, oldest first.
+    pub verdicts: Vec<Value>,
 }
 
 /// What a key asks the pollers to do.
@@ -200,6 +212,8 @@ pub struct App {
     pub memory: MemoryView,
     pub history: History,
     pub model: Option<ModelHealth>,
+    /// The crucible's units (None until first read).
+    pub improve: Option<Vec<UnitHistory>>,
     pub editing: Option<Field>,
     pub confirm: Option<Confirm>,
     pub help: bool,
@@ -229,6 +243,7 @@ impl App {
             memory: MemoryView::default(),
             history: History::default(),
             model: None,
+            improve: None,
             editing: None,
             confirm: None,
             help: false,
@@ -367,6 +382,7 @@ impl App {
                 h.last = Some(s);
             }
             Update::Model(m) => self.model = Some(m),
+            Update::Improve(units) => self.improve = Some(units),
         }
     }
 

@@ -113,6 +113,14 @@ pub fn spawn(control: SocketPath, agent: SocketPath, paths: Paths, tx: Sender<Ms
             }
         })?;
     }
+    {
+        let (root, tx) = (paths.root.clone(), tx.clone());
+        named("improve").spawn(move || {
+            while send(&tx, Update::Improve(crucible_units(&root))) {
+                std::thread::sleep(REFRESH * 2);
+            }
+        })?;
+    }
     named("model").spawn(move || {
         while send(&tx, Update::Model(model_health(&paths.model_socket, Duration::from_secs(2)))) {
             std::thread::sleep(REFRESH * 2);
@@ -591,4 +599,23 @@ mod tests {
             }
         }
     }
+}
+
+/// The crucible's units under `root` (`/var/lib/ghost/generations/UNIT/`: the `current` link
+/// and `history.jsonl`), by name.
+pub fn crucible_units(root: &std::path::Path) -> Vec<crate::tui::app::UnitHistory> {
+    let dir = root.join("var/lib/ghost/generations");
+    let mut units: Vec<crate::tui::app::UnitHistory> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| {
+            let generation = std::fs::read_link(e.path().join("current")).ok().and_then(|l| l.to_str()?.parse().ok());
+            let verdicts = std::fs::read_to_string(e.path().join("history.jsonl")).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            crate::tui::app::UnitHistory { unit: e.file_name().to_string_lossy().into_owned(), generation, verdicts }
+        })
+        .collect();
+    units.sort_by(|a, b| a.unit.cmp(&b.unit));
+    units
 }

@@ -334,11 +334,30 @@ fn memory_search_box_sends_the_query_and_shows_hits() {
 }
 
 #[test]
-fn improve_says_honestly_that_the_crucible_is_not_there() {
+fn improve_shows_each_units_generation_and_the_crucibles_verdicts() {
     let mut app = world(Theme::FULL);
     press(&mut app, &[KeyCode::Char('6')]);
     let s = draw(&app, 80, 24);
-    assert!(s.contains("Not available yet.") && s.contains("has not landed"), "{s}");
+    assert!(s.contains("No improvable unit has a generation yet") && s.contains("ghost improve seed UNIT"), "{s}");
+    let v = |ms: u64, outcome: &str, stage: &str, gain: Option<f64>, reason: &str| {
+        json!({ "unit": "sample", "unix_ms": NOW_MS - ms, "outcome": outcome, "stage": stage, "reason": reason, "bench": gain.map(|g| json!({ "gain": g })) })
+    };
+    app.apply(Update::Improve(vec![super::app::UnitHistory {
+        unit: "sample".into(),
+        generation: Some(1),
+        verdicts: vec![
+            v(60_000, "seeded", "swap", None, "built and tested from the unit's source"),
+            v(30_000, "refused", "tests", None, "its tests fail (exit code 101)"),
+            v(10_000, "kept", "probation", Some(0.98), "faster by 98.0% (1.20 ms against 60.00 ms, 95% intervals apart)"),
+        ],
+    }]));
+    let s = draw(&app, 80, 24);
+    assert!(s.contains("generation 1 · 3 verdicts · 1 kept · 1 refused · 0 rolled back"), "{s}");
+    let kept = s.lines().position(|l| l.contains("kept") && l.contains("-98%") && l.contains("faster by 98.0%")).unwrap_or_else(|| panic!("{s}"));
+    let refused = s.lines().position(|l| l.contains("refused") && l.contains("tests fail")).unwrap_or_else(|| panic!("{s}"));
+    assert!(kept < refused, "newest first:\n{s}");
+    let narrow = draw(&app, 60, 20);
+    assert!(narrow.contains("kept") && narrow.contains("-98%"), "{narrow}");
 }
 
 #[test]
@@ -388,7 +407,7 @@ fn every_screen_is_readable_on_a_narrow_terminal() {
         ('3', &["Ready to accept", "address already in use"]),
         ('4', &["5a7c01f2", "redis exited (signal 9)"]),
         ('5', &["Search the agent's memory"]),
-        ('6', &["Not available yet."]),
+        ('6', &["No improvable unit has a generation yet."]),
     ];
     for (k, want) in wants {
         press(&mut app, &[KeyCode::Char(k)]);
@@ -528,4 +547,17 @@ fn escape_sequences_in_a_log_line_never_reach_the_terminal() {
     }
     press(&mut app, &[KeyCode::Char('3')]);
     assert!(draw(&app, 80, 24).contains("web | GET / 200"));
+}
+
+#[test]
+fn the_crucibles_units_are_read_from_the_generations_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let unit = t.path().join("var/lib/ghost/generations/sample");
+    std::fs::create_dir_all(unit.join("1")).unwrap();
+    std::os::unix::fs::symlink("1", unit.join("current")).unwrap();
+    std::fs::write(unit.join("history.jsonl"), "{\"outcome\":\"seeded\",\"unix_ms\":1}\nnot json\n{\"outcome\":\"kept\",\"unix_ms\":2}\n").unwrap();
+    let units = super::poll::crucible_units(t.path());
+    assert_eq!(units.len(), 1);
+    assert_eq!((units[0].unit.as_str(), units[0].generation, units[0].verdicts.len()), ("sample", Some(1), 2));
+    assert!(super::poll::crucible_units(&t.path().join("nowhere")).is_empty());
 }

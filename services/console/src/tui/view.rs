@@ -774,14 +774,66 @@ fn memory(app: &App, f: &mut Frame, area: Rect) {
 
 fn improve(app: &App, f: &mut Frame, area: Rect) {
     let t = &app.theme;
-    let text = vec![
-        Line::styled("Not available yet.", t.warn().add_modifier(Modifier::BOLD)),
-        Line::from(""),
-        Line::from("The crucible (`ghost improve`: compile, test, benchmark, swap, watch, keep or roll back) has not landed in this build, so there is no history to show."),
-        Line::from(""),
-        Line::styled("When it lands, this screen lists each attempt: the unit, its tests and benchmark against the running generation, and whether it was kept or rolled back.", t.dim()),
-    ];
-    f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }).block(block(t, "Improve: the crucible's history")), area);
+    let title = "Improve: the crucible's history";
+    let units = app.improve.as_deref().unwrap_or(&[]);
+    if units.is_empty() {
+        let text = vec![
+            Line::styled("No improvable unit has a generation yet.", t.warn().add_modifier(Modifier::BOLD)),
+            Line::from(""),
+            Line::from("Units are described in /etc/ghost/improve/UNIT.toml; `ghost improve seed UNIT` builds and tests generation 0, `ghostctl improve run UNIT --patch FILE` (or --from-model) judges a candidate against it."),
+        ];
+        f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }).block(block(t, title)), area);
+        return;
+    }
+    let [head, table_area] = Layout::vertical([Constraint::Length(units.len().min(4) as u16 + 2), Constraint::Min(3)]).areas(area);
+    let count = |u: &crate::tui::app::UnitHistory, o: &str| u.verdicts.iter().filter(|v| v["outcome"] == o).count();
+    let lines: Vec<Line> = units
+        .iter()
+        .map(|u| {
+            let gen = u.generation.map_or("none".to_string(), |g| g.to_string());
+            Line::from(vec![
+                Span::styled(format!("{:<12}", u.unit), t.title()),
+                Span::raw(format!(" generation {gen} · {} verdicts · {} kept · {} refused · {} rolled back", u.verdicts.len(), count(u, "kept"), count(u, "refused"), count(u, "rolled-back"))),
+            ])
+        })
+        .collect();
+    f.render_widget(Paragraph::new(lines).block(block(t, title)), head);
+    // Every verdict, newest first.
+    let mut all: Vec<(&str, &Value)> = units.iter().flat_map(|u| u.verdicts.iter().map(move |v| (u.unit.as_str(), v))).collect();
+    all.sort_by_key(|(_, v)| std::cmp::Reverse(v["unix_ms"].as_u64().unwrap_or(0)));
+    let wide = area.width >= 76;
+    let header = Row::new(if wide { vec!["WHEN", "UNIT", "OUTCOME", "STAGE", "GAIN", "WHY"] } else { vec!["WHEN", "OUTCOME", "GAIN", "WHY"] }).style(t.title());
+    let rows: Vec<Row> = all
+        .iter()
+        .map(|(unit, v)| {
+            let outcome = v["outcome"].as_str().unwrap_or("?");
+            let style = match outcome {
+                "kept" | "seeded" => t.ok(),
+                "rolled-back" => t.bad(),
+                _ => t.dim(),
+            };
+            let when = v["unix_ms"].as_u64().map_or("-".into(), |ms| short_time(ms, today(app)));
+            let gain = v["bench"]["gain"].as_f64().map_or("-".to_string(), |g| format!("{:+.0}%", -g * 100.0));
+            let why = crate::tui::app::plain(v["reason"].as_str().unwrap_or(""), false);
+            let mut cells = vec![Line::from(when)];
+            if wide {
+                cells.push(Line::from(unit.to_string()));
+            }
+            cells.push(Line::from(Span::styled(outcome.to_string(), style)));
+            if wide {
+                cells.push(Line::from(v["stage"].as_str().unwrap_or("").to_string()));
+            }
+            cells.push(Line::from(gain));
+            cells.push(Line::from(why));
+            Row::new(cells)
+        })
+        .collect();
+    let widths: Vec<Constraint> = if wide {
+        vec![Constraint::Length(8), Constraint::Length(10), Constraint::Length(11), Constraint::Length(9), Constraint::Length(5), Constraint::Min(10)]
+    } else {
+        vec![Constraint::Length(8), Constraint::Length(11), Constraint::Length(5), Constraint::Min(10)]
+    };
+    f.render_widget(Table::new(rows, widths).header(header).block(block(t, "Verdicts, newest first (time in the candidate's column is less: -60% is 60% less)")).column_spacing(1), table_area);
 }
 
 // ---------------------------------------------------------------- overlays
