@@ -451,6 +451,10 @@ fn a_risky_call_that_fails_is_rolled_back_from_its_snapshot_and_one_without_a_sn
     let snaps = Command::new(ghost_tests::bin("ghost")).args(["snapshot", "list", "--json"]).env("GHOST_ROOT", w.root.path()).output().unwrap();
     let snaps: serde_json::Value = serde_json::from_slice(&snaps.stdout).unwrap();
     assert!(snaps.as_array().unwrap().iter().any(|s| s["id"] == id.as_str() && s["trigger"] == "before-action"), "{snaps}");
+    // `why` on the snapshot: what it was taken for, and what became of the call.
+    let (code, why, err) = w.ctl(&["why", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(why.contains("snapshot of /etc/ghost") && why.contains("shell.exec") && why.contains("the snapshot was restored") && why.contains("safe execution test: break"), "{why}");
     // The hourly snapshot of the [snapshots] policy was taken when the agent started.
     let hourly = eventually(Duration::from_secs(20), || {
         let o = Command::new(ghost_tests::bin("ghost")).args(["snapshot", "list", "--json"]).env("GHOST_ROOT", w.root.path()).output().unwrap();

@@ -201,3 +201,24 @@ fn automatic_snapshots_are_pruned_to_the_policy_and_manual_ones_stay() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
     assert_eq!(v.as_array().unwrap().len(), 4);
 }
+
+#[test]
+fn a_large_database_is_kept_in_chunks_so_a_small_change_costs_little() {
+    let root = system();
+    // About 8 MiB of memory: over the 4 MiB from which files are kept in 1 MiB chunks.
+    db(&root).execute_batch("CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) INSERT INTO blobs (b) SELECT randomblob(4000) FROM n;").unwrap();
+    let first = json(&root, &["create", "-m", "big"]);
+    let size: u64 = std::fs::metadata(root.path().join("var/lib/ghost/memory.db")).unwrap().len();
+    assert!(size > 6 << 20, "{size}");
+    assert!(first["new_bytes"].as_u64().unwrap() >= size, "{first}");
+    // A few rows change: the next snapshot stores a few chunks, not the whole database again.
+    db(&root).execute_batch("UPDATE notes SET text = 'one, edited' WHERE text = 'one';").unwrap();
+    let second = json(&root, &["create", "-m", "small change"]);
+    let new = second["new_bytes"].as_u64().unwrap();
+    assert!(new > 0 && new < size / 4, "{new} new bytes for a database of {size}: {second}");
+    // The first comes back whole.
+    json(&root, &["restore", first["id"].as_str().unwrap()]);
+    assert_eq!(notes(&root), ["one", "two"]);
+    let n: i64 = db(&root).query_row("SELECT count(*) FROM blobs", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 2000);
+}

@@ -170,6 +170,8 @@ struct Boot<'a> {
     log: &'a Path,
     /// Typed on the serial console once the console shows the first string.
     input: Option<(&'a str, &'a str)>,
+    /// Then this, once the console shows its first string (after `input`'s).
+    then: Option<(&'a str, &'a str)>,
 }
 
 /// Boots `disk` (with OVMF, or directly with `direct`) and returns the serial log.
@@ -181,6 +183,7 @@ fn boot(image: &Path, disk: &Path, direct: bool, append: &str, log: &Path) -> St
         append,
         log,
         input: None,
+        then: None,
     };
     try_boot(&spec).unwrap_or_else(|why| panic!("{why}"))
 }
@@ -222,17 +225,19 @@ fn try_boot(b: &Boot) -> Result<String, String> {
         .stderr(out)
         .spawn()
         .expect("qemu/run can be started");
-    if let Some((after, text)) = b.input {
-        let stdin = child.stdin.take();
+    let mut stdin = child.stdin.take();
+    for (after, text) in [b.input, b.then].into_iter().flatten() {
         // Input sent before the shell reads it could be eaten by the firmware or the kernel,
         // so it waits for the console line; bounded by the boot timeout (qemu/run exits then).
         while !serial_text(b.log).contains(after) && child.try_wait().ok().flatten().is_none() {
             std::thread::sleep(Duration::from_millis(50));
         }
-        if let Some(mut stdin) = stdin {
-            let _ = std::io::Write::write_all(&mut stdin, text.as_bytes());
+        if let Some(stdin) = stdin.as_mut() {
+            let _ = std::io::Write::write_all(stdin, text.as_bytes());
+            let _ = std::io::Write::flush(stdin);
         }
     }
+    drop(stdin);
     let status = child.wait().expect("qemu/run can be waited for");
     let took = started.elapsed();
     let serial = serial_text(b.log);
@@ -606,6 +611,14 @@ tries=0
 beaten() { ghostctl agent --json > /tmp/agent.json 2>/dev/null && ! grep -q '"beats":0,' /tmp/agent.json; }
 until beaten || [ $tries -ge 1200 ]; do tries=$((tries + 1)); sleep 0.05; done
 say "agent: $(cat /tmp/agent.json 2>/dev/null || echo none)"
+# Recovery and conversation in the booted image: a snapshot (ghostctl hands over to ghost), the
+# snapshots there (the agent's hourly one too), and a question to the agent.
+ghostctl snapshot create -m "in the guest" --json > /tmp/snap.json 2> /tmp/snap.err
+say "snapshot: $(cat /tmp/snap.json /tmp/snap.err)"
+ghostctl snapshot list --json > /tmp/snaps.json 2>&1
+say "snapshots:" $(grep -o '"trigger":"[a-z-]*"' /tmp/snaps.json)
+ghostctl chat "how are the services? status please" > /tmp/chat.txt 2>&1
+while read -r l; do say "chat: $l"; done < /tmp/chat.txt
 for svc in console console-serial; do say "$svc: at the end: pid $(get $svc pid) restarts $(get $svc restarts)"; done
 say "done: powering off"
 exec ghostctl poweroff
@@ -641,6 +654,7 @@ fn guest_boot() -> Option<&'static str> {
             append: "ghost.debug=1 ghost.wizard=skip",
             log: &dir.path().join("serial.log"),
             input: None,
+            then: None,
         });
         GUEST_HEADLESS.get_or_init(|| headless.finish());
         let serial = booted?;
@@ -796,6 +810,7 @@ fn boot_and_tell_qemu(command: &str) -> Option<String> {
         append: "ghost.wizard=skip",
         log: &dir.path().join("serial.log"),
         input: Some(("ghost-init: boot complete", &input)),
+        then: None,
     })
     .unwrap_or_else(|why| panic!("{why}"));
     Some(serial)
@@ -986,6 +1001,19 @@ fn the_agent_runs_in_the_guest_with_the_sentinel_rules_and_durable_memory() {
 }
 
 #[test]
+fn snapshots_and_chat_work_in_the_booted_image() {
+    let Some(serial) = guest_boot() else { return };
+    let says = conductor_says(serial);
+    let snap = first_starting_with(&says, "snapshot: ");
+    let v: serde_json::Value = serde_json::from_str(snap.trim_start_matches("snapshot: ")).unwrap_or_else(|e| panic!("no snapshot in the guest ({e}): {snap:?}\n{serial}"));
+    assert!(v["id"].as_str().is_some_and(|i| i.len() == 26) && v["files"].as_u64().unwrap_or(0) > 3, "{v}");
+    let list = first_starting_with(&says, "snapshots: ");
+    assert!(list.contains("\"trigger\":\"manual\"") && list.contains("\"trigger\":\"hourly\""), "the operator's and the agent's hourly snapshot: {list}\n{serial}");
+    let chat: Vec<&str> = says.iter().filter_map(|l| l.strip_prefix("chat: ")).collect();
+    assert!(chat.iter().any(|l| l.starts_with("Services:")) && chat.iter().any(|l| l.contains("agent: running")), "the agent answers about the services: {chat:#?}\n{serial}");
+}
+
+#[test]
 fn guest_service_killed_inside_the_guest_comes_back() {
     let Some(serial) = guest_boot() else { return };
     let says = conductor_says(serial);
@@ -1026,6 +1054,7 @@ fn rescue_shell_runs_commands_on_the_serial_console() {
             "rescue console: /bin/sh started",
             "echo rescue-$((6*7)); ghostctl --version\nkill -USR2 1\n",
         )),
+        then: None,
     })
     .unwrap_or_else(|why| panic!("{why}"));
     let lines: Vec<&str> = serial.lines().map(|l| l.trim_end_matches('\r')).collect();
@@ -1136,6 +1165,7 @@ fn model_service_in_the_guest_pulls_from_a_hub_mirror_on_the_host_and_serves() {
         append: "ghost.debug=1 ghost.wizard=skip",
         log: &dir.path().join("serial.log"),
         input: None,
+        then: None,
     })
     .unwrap_or_else(|why| panic!("the boot with the model service failed: {why}"));
 
@@ -1178,4 +1208,46 @@ fn model_service_in_the_guest_pulls_from_a_hub_mirror_on_the_host_and_serves() {
     assert_booted_and_powered_off(&serial);
     let last = lines.last().copied().unwrap_or_default();
     assert!(last.ends_with(" 0 killed)"), "power-off had to kill something (the model service?): {last:?}\n{serial}");
+}
+
+/// The first-boot wizard as a person meets it: on the serial console of a fresh disk, before
+/// the services; a wrong host name is refused on screen, the answers are written to the state
+/// partition, boot goes on with them, and the next boot does not ask again.
+#[test]
+fn the_first_boot_wizard_asks_on_the_console_and_boot_goes_on_with_its_answers() {
+    let Some(image) = image() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk_copy(image, dir.path());
+    // Enter on the welcome screen; Ctrl-U clears a field. A bad host name first, then: vmbox,
+    // DHCP, model 4 (none: stay offline), security, operator and time zone as offered, and
+    // Enter on the summary.
+    let keys = "\r\u{15}bad name!\r\u{15}vmbox\r\r4\r\r\r\r\r";
+    let serial = try_boot(&Boot {
+        image,
+        disk: &disk,
+        direct: true,
+        append: "",
+        log: &dir.path().join("serial.log"),
+        // Typed once the wizard has drawn its first screen (its terminal is in raw mode then).
+        input: Some(("first-boot setup", keys)),
+        // Then the ACPI power button, once boot has gone on.
+        then: Some(("ghost-init: boot complete", "\u{1}csystem_powerdown\n\u{1}c")),
+    })
+    .unwrap_or_else(|why| panic!("{why}"));
+    let screen = screen_text(serial.as_bytes());
+    assert!(screen.contains("bad name!") && screen.contains("not a valid host name"), "the refusal is on screen:\n{screen}");
+    let lines = init_lines(&serial);
+    let at = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no line {prefix:?}:\n{serial}"));
+    assert!(at("ghost-init: first boot") < at("ghost-init: wizard ok in"), "{serial}");
+    assert!(at("ghost-init: wizard ok in") < at("ghost-init: config: using the overlay /var/lib/ghost/etc/ghost.toml"), "{serial}");
+    assert!(at("ghost-init: wizard ok in") < at("ghost-init: services ok in"), "the services wait for the wizard:\n{serial}");
+    assert!(serial.contains("offline"), "the model service knows no model was chosen:\n{serial}");
+    // On the state partition, as answered.
+    let ghost_toml = String::from_utf8(state_file(&disk, "/etc/ghost.toml").expect("the wizard's ghost.toml")).unwrap();
+    assert!(ghost_toml.contains("hostname = \"vmbox\""), "{ghost_toml}");
+    let model_toml = String::from_utf8(state_file(&disk, "/etc/model.toml").expect("the wizard's model.toml")).unwrap();
+    assert!(model_toml.contains("offline = true"), "{model_toml}");
+    // The next boot of the same disk does not ask again.
+    let again = boot(image, &disk, true, "ghost.poweroff_after_ready=1", &dir.path().join("serial-2.log"));
+    assert!(!init_lines(&again).iter().any(|l| l.starts_with("ghost-init: first boot") || l.starts_with("ghost-init: wizard")), "{again}");
 }

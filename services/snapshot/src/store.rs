@@ -53,6 +53,10 @@ pub struct Entry {
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// A large file (≥ 4 MiB, the memory database) is stored as 1 MiB chunks, each an object
+    /// named by its own hash: a database that changed in a few pages costs a few chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Vec<String>>,
 }
 
 impl Entry {
@@ -148,6 +152,9 @@ impl Policy {
 pub const DEFAULT_ROOTS: [&str; 3] = ["/etc/ghost", "/var/lib/ghost/etc", "/var/lib/ghost/agent/goals.json"];
 pub const DEFAULT_DATABASES: [&str; 1] = ["/var/lib/ghost/memory.db"];
 const STORE: &str = "/var/lib/ghost/snapshots";
+/// Files this large or larger are stored in chunks of [`CHUNK`] bytes.
+const CHUNKED_FROM: u64 = 4 << 20;
+const CHUNK: u64 = 1 << 20;
 /// Where this machine keeps a restore's journal (see [`Store::restore`]).
 const RESTORE: &str = "/var/lib/ghost/.snapshot-restore";
 
@@ -221,43 +228,81 @@ impl Store {
         self.dir.join("objects").join(&sha[..2]).join(sha)
     }
 
-    /// Copies `src` into the store while hashing it; returns (sha256, size, bytes new to the store).
-    fn store_file(&self, src: &Path) -> Result<(String, u64, u64), String> {
+    /// Copies `src` into the store while hashing it; returns (sha256 of the whole, size, bytes
+    /// new to the store, the chunks' hashes when it was stored in chunks).
+    fn store_file(&self, src: &Path) -> Result<(String, u64, u64, Option<Vec<String>>), String> {
+        let len = std::fs::metadata(src).map_err(err(src))?.len();
+        if len >= CHUNKED_FROM {
+            return self.store_chunked(src);
+        }
         let mut f = std::fs::File::open(src).map_err(err(src))?;
-        let tmp = self.dir.join("tmp").join(tmp_name("obj"));
-        let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err(&tmp))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut size = 0u64;
-        let result = (|| -> Result<(), String> {
-            loop {
-                let n = f.read(&mut buf).map_err(err(src))?;
+        let mut data = Vec::with_capacity(len as usize);
+        f.read_to_end(&mut data).map_err(err(src))?;
+        let (sha, new) = self.put_object(&data)?;
+        Ok((sha, data.len() as u64, new, None))
+    }
+
+    fn store_chunked(&self, src: &Path) -> Result<(String, u64, u64, Option<Vec<String>>), String> {
+        let mut f = std::fs::File::open(src).map_err(err(src))?;
+        let mut whole = Sha256::new();
+        let mut chunks = Vec::new();
+        let (mut size, mut new) = (0u64, 0u64);
+        let mut buf = vec![0u8; CHUNK as usize];
+        loop {
+            // A whole chunk (or the last, short one).
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = f.read(&mut buf[filled..]).map_err(err(src))?;
                 if n == 0 {
                     break;
                 }
-                h.update(&buf[..n]);
-                out.write_all(&buf[..n]).map_err(err(&tmp))?;
-                size += n as u64;
+                filled += n;
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+            if filled == 0 {
+                break;
+            }
+            whole.update(&buf[..filled]);
+            let (sha, added) = self.put_object(&buf[..filled])?;
+            chunks.push(sha);
+            size += filled as u64;
+            new += added;
+            if filled < buf.len() {
+                break;
+            }
         }
-        let sha = hex(&h.finalize());
+        Ok((hex(&whole.finalize()), size, new, Some(chunks)))
+    }
+
+    /// Stores `data` as the object named by its hash (once); returns the hash and the bytes
+    /// it added (0 when it was there).
+    fn put_object(&self, data: &[u8]) -> Result<(String, u64), String> {
+        let sha = hex(&Sha256::digest(data));
         let obj = self.object(&sha);
         if obj.exists() {
-            let _ = std::fs::remove_file(&tmp);
-            return Ok((sha, size, 0));
+            return Ok((sha, 0));
         }
-        out.sync_all().map_err(err(&tmp))?;
-        drop(out);
-        let parent = obj.parent().expect("objects/xx");
-        std::fs::create_dir_all(parent).map_err(err(parent))?;
-        std::fs::rename(&tmp, &obj).map_err(err(&obj))?;
-        sync_dir(parent).map_err(err(parent))?;
-        Ok((sha, size, size))
+        let tmp = self.dir.join("tmp").join(tmp_name("obj"));
+        let written = (|| -> Result<(), String> {
+            let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err(&tmp))?;
+            out.write_all(data).and_then(|_| out.sync_all()).map_err(err(&tmp))?;
+            let parent = obj.parent().expect("objects/xx");
+            std::fs::create_dir_all(parent).map_err(err(parent))?;
+            std::fs::rename(&tmp, &obj).map_err(err(&obj))?;
+            sync_dir(parent).map_err(err(parent))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map(|()| (sha, data.len() as u64))
+    }
+
+    /// The object names an entry's content is stored under.
+    fn objects_of(e: &Entry) -> Vec<&str> {
+        match (&e.chunks, &e.sha256) {
+            (Some(c), _) => c.iter().map(String::as_str).collect(),
+            (None, Some(s)) => vec![s.as_str()],
+            _ => Vec::new(),
+        }
     }
 
     fn hash_file(path: &Path) -> Result<(String, u64), String> {
@@ -303,7 +348,7 @@ impl Store {
             Err(e) => return Err(format!("{}: {e}", host.display())),
         };
         let ft = md.file_type();
-        let mut e = Entry { path: sys.to_string(), kind: Kind::File, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), size: 0, sha256: None, target: None };
+        let mut e = Entry { path: sys.to_string(), kind: Kind::File, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), size: 0, sha256: None, target: None, chunks: None };
         if ft.is_dir() {
             e.kind = Kind::Dir;
             out.push(e);
@@ -318,8 +363,9 @@ impl Store {
             out.push(e);
         } else if ft.is_file() {
             let (sha, size) = if store {
-                let (sha, size, new) = self.store_file(&host)?;
+                let (sha, size, new, chunks) = self.store_file(&host)?;
                 *new_bytes += new;
+                e.chunks = chunks;
                 (sha, size)
             } else {
                 Self::hash_file(&host)?
@@ -355,8 +401,8 @@ impl Store {
         let stored = self.store_file(&tmp);
         remove_db_companions(&tmp);
         let _ = std::fs::remove_file(&tmp);
-        let (sha, size, new) = stored?;
-        Ok(Some((Entry { path: sys.to_string(), kind: Kind::Database, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), size, sha256: Some(sha), target: None }, new)))
+        let (sha, size, new, chunks) = stored?;
+        Ok(Some((Entry { path: sys.to_string(), kind: Kind::Database, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), size, sha256: Some(sha), target: None, chunks }, new)))
     }
 
     /// Takes a snapshot of the configured roots and databases now.
@@ -428,7 +474,7 @@ impl Store {
         for d in databases {
             let host = self.host(d);
             if let Ok(md) = std::fs::metadata(&host) {
-                entries.push(Entry { path: d.clone(), kind: Kind::Database, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), size: md.len(), sha256: None, target: None });
+                entries.push(Entry { path: d.clone(), kind: Kind::Database, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), size: md.len(), sha256: None, target: None, chunks: None });
             }
         }
         Ok(entries)
@@ -456,10 +502,10 @@ impl Store {
     /// Checks that every object of `m` is there with the bytes its hash names.
     pub fn check(&self, m: &Manifest) -> Result<(), String> {
         for e in &m.entries {
-            if let Some(sha) = &e.sha256 {
+            for sha in Self::objects_of(e) {
                 let obj = self.object(sha);
                 let (got, _) = Self::hash_file(&obj).map_err(|why| format!("snapshot {} is damaged: the content of {} is missing ({why})", m.id, e.path))?;
-                if &got != sha {
+                if got != sha {
                     return Err(format!("snapshot {} is damaged: the content of {} does not match its hash ({})", m.id, e.path, obj.display()));
                 }
             }
@@ -497,8 +543,14 @@ impl Store {
             match e.kind {
                 Kind::Symlink => std::os::unix::fs::symlink(e.target.as_deref().unwrap_or(""), &from).map_err(err(&from))?,
                 _ => {
-                    let obj = self.object(e.sha256.as_deref().unwrap_or(""));
-                    std::fs::copy(&obj, &from).map_err(err(&obj))?;
+                    // The content, from its object or its chunks in order.
+                    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&from).map_err(err(&from))?;
+                    for sha in Self::objects_of(e) {
+                        let obj = self.object(sha);
+                        let mut part = std::fs::File::open(&obj).map_err(err(&obj))?;
+                        std::io::copy(&mut part, &mut out).map_err(err(&from))?;
+                    }
+                    drop(out);
                     let f = std::fs::OpenOptions::new().write(true).open(&from).map_err(err(&from))?;
                     f.set_permissions(std::fs::Permissions::from_mode(e.mode)).map_err(err(&from))?;
                     let _ = std::os::unix::fs::fchown(&f, Some(e.uid), Some(e.gid));
@@ -665,7 +717,7 @@ impl Store {
                 removed += 1;
             }
         }
-        let live: HashSet<String> = self.list()?.iter().flat_map(|m| m.entries.iter().filter_map(|e| e.sha256.clone())).collect();
+        let live: HashSet<String> = self.list()?.iter().flat_map(|m| m.entries.iter().flat_map(|e| Self::objects_of(e).into_iter().map(str::to_string).collect::<Vec<_>>())).collect();
         let mut objects = 0;
         let odir = self.dir.join("objects");
         for sub in std::fs::read_dir(&odir).map_err(err(&odir))?.flatten() {

@@ -196,8 +196,9 @@ fn answer(sh: &Shared, req: AgentRequest, who: &str) -> Result<AgentReply, Strin
                 .collect();
             ok(Value::Array(rows))
         }
+        AgentRequest::Why { id } if id.trim().len() == 26 && id.trim().bytes().all(|b| b.is_ascii_alphanumeric()) => ok(Value::Array(why_snapshot(sh, id.trim())?)),
         AgentRequest::Why { id } => {
-            let id: i64 = id.trim().parse().map_err(|_| format!("id: {id:?} is not a memory id (a number, as `ghostctl decisions` shows)"))?;
+            let id: i64 = id.trim().parse().map_err(|_| format!("id: {id:?} is not a memory id (a number, as `ghostctl decisions` shows) nor a snapshot id (26 characters, as `ghostctl snapshot list` shows)"))?;
             let chain = sh.memory.chain(id).map_err(|e| e.to_string())?;
             if chain.is_empty() {
                 return Err(format!("no memory {id}"));
@@ -275,4 +276,35 @@ fn outcome_of(sh: &Shared, decision: i64) -> Value {
         Ok(chain) => chain.iter().rev().find(|e| e.episode.kind == EpisodeKind::Outcome).map(|e| json!(e.episode.text)).unwrap_or(Value::Null),
         Err(_) => Value::Null,
     }
+}
+
+/// `why SNAPSHOT`: the snapshot, and what it was taken for — the risky call it protected (its
+/// audit records, with the why of the call) or the restore it preceded.
+fn why_snapshot(sh: &Shared, id: &str) -> Result<Vec<Value>, String> {
+    let store = ghost_snapshot::Store::open(sh.root.dir())?;
+    let m = store.load(id)?;
+    let trigger = serde_json::to_value(m.trigger).ok().and_then(|t| t.as_str().map(str::to_string)).unwrap_or_default();
+    let mut chain = vec![json!({
+        "id": m.id, "time_ms": m.created_ms, "kind": "snapshot", "source": trigger,
+        "text": format!("snapshot of {} ({} entries): {}", m.roots.join(", "), m.entries.len(), m.description),
+    })];
+    // The tool call it ran around: the records that name it in outcome.detail.safety.
+    for r in ghost_audit::audit::read_records(&sh.audit_dir).unwrap_or_default() {
+        let v = serde_json::to_value(&r).unwrap_or(Value::Null);
+        let named = v["outcome"]["detail"]["safety"]["snapshot"] == id || v["outcome"]["detail"]["snapshot"] == id;
+        if !named {
+            continue;
+        }
+        let status = v["outcome"]["status"].as_str().unwrap_or("?");
+        let restored = match v["outcome"]["detail"]["safety"]["restored"].as_bool() {
+            Some(true) => "; it failed, and the snapshot was restored",
+            Some(false) => "; it failed, and restoring the snapshot failed too",
+            None => "",
+        };
+        chain.push(json!({
+            "id": format!("audit:{}", v["seq"]), "time_ms": null, "kind": "tool call", "source": v["who"]["actor"],
+            "text": format!("{} {} ({status}{restored}) — why: {}", v["what"]["tool"].as_str().unwrap_or("?"), v["what"]["args"], v["why"]["text"].as_str().unwrap_or("")),
+        }));
+    }
+    Ok(chain)
 }
