@@ -3,7 +3,8 @@
 //! restore, each beside `tar` doing the same copy in the same run (the baseline).
 //!
 //! Run: `cargo build -p ghost && cargo bench -p ghost-tests --bench snapshot`
-//! (`GHOST_BENCH_DB_MB`, default 100).
+//! (`GHOST_BENCH_DB_MB`, default 100). `GHOST_BIN_DIR=target/x86_64-unknown-linux-musl/userland`
+//! runs the image's optimised `ghost` (built by `qemu/run`) instead of the debug one.
 
 use std::process::Command;
 use std::time::Instant;
@@ -22,9 +23,15 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
     (v, t.elapsed().as_secs_f64())
 }
 
+/// tar, then fsync of what it wrote (the snapshot store fsyncs every object it adds).
 fn tar(args: &[&str], dir: &std::path::Path) {
     let st = Command::new("tar").args(args).current_dir(dir).status().unwrap();
     assert!(st.success());
+    if args[0] == "-cf" {
+        assert!(Command::new("sync").arg(args[1]).status().unwrap().success());
+    } else {
+        assert!(Command::new("sync").arg("-f").arg(dir).status().unwrap().success());
+    }
 }
 
 fn main() {

@@ -197,6 +197,8 @@ pub struct Store {
     /// This machine's restore journal and list of staged files: never in a shared store, so
     /// that one machine's interrupted restore is never replayed on another.
     restore_dir: PathBuf,
+    /// Objects written in `tmp/`, not yet named (see [`Store::put_object`]).
+    staged: std::sync::Mutex<Vec<(PathBuf, String)>>,
     pub roots: Vec<String>,
     pub databases: Vec<String>,
     pub policy: Policy,
@@ -209,7 +211,7 @@ impl Store {
         let policy = Policy::load(&root.join("etc/ghost/ghost.toml"))?;
         let mut roots: Vec<String> = DEFAULT_ROOTS.iter().map(|s| s.to_string()).collect();
         roots.extend(policy.paths.iter().cloned());
-        let s = Store { root: root.to_path_buf(), dir: root.join(policy.store.trim_start_matches('/')), roots, databases: policy.databases.clone(), store: policy.store.clone(), restore_dir: root.join(RESTORE.trim_start_matches('/')), policy };
+        let s = Store { root: root.to_path_buf(), dir: root.join(policy.store.trim_start_matches('/')), roots, databases: policy.databases.clone(), store: policy.store.clone(), restore_dir: root.join(RESTORE.trim_start_matches('/')), staged: Default::default(), policy };
         for p in ["objects", "manifests", "tmp"].iter().map(|d| s.dir.join(d)).chain([s.restore_dir.clone()]) {
             std::fs::create_dir_all(&p).map_err(err(&p))?;
         }
@@ -273,27 +275,57 @@ impl Store {
         Ok((hex(&whole.finalize()), size, new, Some(chunks)))
     }
 
-    /// Stores `data` as the object named by its hash (once); returns the hash and the bytes
-    /// it added (0 when it was there).
+    /// Stages `data` as the object named by its hash (once); returns the hash and the bytes it
+    /// adds (0 when it is there or staged already). Staged objects reach `objects/` in
+    /// [`Store::commit_objects`]: written without a sync each, made durable together, and only
+    /// then given their names — so an object under its name is always whole, even after a crash.
     fn put_object(&self, data: &[u8]) -> Result<(String, u64), String> {
         let sha = hex(&Sha256::digest(data));
         let obj = self.object(&sha);
-        if obj.exists() {
+        let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+        if obj.exists() || staged.iter().any(|(_, s)| *s == sha) {
             return Ok((sha, 0));
         }
         let tmp = self.dir.join("tmp").join(tmp_name("obj"));
-        let written = (|| -> Result<(), String> {
-            let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err(&tmp))?;
-            out.write_all(data).and_then(|_| out.sync_all()).map_err(err(&tmp))?;
-            let parent = obj.parent().expect("objects/xx");
-            std::fs::create_dir_all(parent).map_err(err(parent))?;
-            std::fs::rename(&tmp, &obj).map_err(err(&obj))?;
-            sync_dir(parent).map_err(err(parent))
-        })();
-        if written.is_err() {
+        let written = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).and_then(|mut out| out.write_all(data)).map_err(err(&tmp));
+        if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        written.map(|()| (sha, data.len() as u64))
+        staged.push((tmp, sha.clone()));
+        Ok((sha, data.len() as u64))
+    }
+
+    /// Makes the staged objects durable (one `syncfs`), names them, and makes the names
+    /// durable (another): before a manifest can refer to them.
+    fn commit_objects(&self) -> Result<(), String> {
+        let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(|p| p.into_inner()));
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let syncfs = |dir: &Path| -> Result<(), String> {
+            let d = std::fs::File::open(dir).map_err(err(dir))?;
+            if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) } != 0 {
+                return Err(format!("{}: syncfs: {}", dir.display(), std::io::Error::last_os_error()));
+            }
+            Ok(())
+        };
+        let result = (|| -> Result<(), String> {
+            syncfs(&self.dir)?;
+            for (tmp, sha) in &staged {
+                let obj = self.object(sha);
+                let parent = obj.parent().expect("objects/xx");
+                std::fs::create_dir_all(parent).map_err(err(parent))?;
+                std::fs::rename(tmp, &obj).map_err(err(&obj))?;
+            }
+            syncfs(&self.dir)
+        })();
+        if result.is_err() {
+            for (tmp, _) in &staged {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+        result
     }
 
     /// The object names an entry's content is stored under.
@@ -416,6 +448,17 @@ impl Store {
         if let Some(bad) = roots.iter().chain(databases).find(|p| !p.starts_with('/') || p.split('/').any(|c| c == "..")) {
             return Err(format!("{bad:?}: a snapshot covers absolute paths only"));
         }
+        let made = self.create_unchecked(roots, databases, description, trigger);
+        if made.is_err() {
+            // What was staged for it goes with it.
+            for (tmp, _) in std::mem::take(&mut *self.staged.lock().unwrap_or_else(|p| p.into_inner())) {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+        made
+    }
+
+    fn create_unchecked(&self, roots: &[String], databases: &[String], description: &str, trigger: Trigger) -> Result<Manifest, String> {
         let (mut entries, mut new_bytes) = self.walk(roots, true)?;
         for d in databases {
             if let Some((e, new)) = self.store_db(d)? {
@@ -436,6 +479,7 @@ impl Store {
             total_bytes,
             new_bytes,
         };
+        self.commit_objects()?;
         let path = self.dir.join("manifests").join(format!("{}.json", m.id));
         let text = serde_json::to_vec_pretty(&m).map_err(|e| e.to_string())?;
         write_atomic(&path, &text, 0o600).map_err(err(&path))?;
