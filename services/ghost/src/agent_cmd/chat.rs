@@ -131,7 +131,8 @@ pub fn retrieve(sh: &Shared, message: &str) -> String {
     if lower.contains("changed") || lower.contains("what happened") || lower.contains("since") {
         parts.push(what_changed(sh, Duration::from_secs(24 * 3600)));
     }
-    if parts.is_empty() && (lower.contains("status") || lower.contains("running") || lower.contains("how are") || lower.contains("health")) {
+    let about_state = ["status", "running", "how are", "health", "all right", "alright", "services", "is everything"].iter().any(|w| lower.contains(w));
+    if parts.is_empty() && about_state {
         parts.push(status(sh, &services));
     }
     if parts.is_empty() {
