@@ -215,10 +215,7 @@ fn field<T: DeserializeOwned>(value: toml::Value) -> Result<T, String> {
     value.try_into().map_err(|e: toml::de::Error| one_line(&e.to_string()))
 }
 
-/// Collapses a multi-line parser message (with its source excerpt) into one console line.
-pub fn one_line(msg: &str) -> String {
-    msg.split('\n').map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|')).collect::<Vec<_>>().join(": ")
-}
+pub use ghost_proto::one_line;
 
 /// RFC 1123 host name; the rule is shared with the wizard (ghost-proto).
 pub use ghost_proto::settings::valid_hostname;

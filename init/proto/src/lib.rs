@@ -139,6 +139,26 @@ pub struct ServiceStatus {
     pub critical: bool,
 }
 
+impl ServiceStatus {
+    /// A service of this name in this state, nothing else known yet (no pid, no uptime).
+    pub fn new(name: &str, state: State) -> ServiceStatus {
+        ServiceStatus {
+            name: name.into(),
+            description: String::new(),
+            state,
+            pid: None,
+            uptime_s: None,
+            restarts: 0,
+            health: None,
+            memory_bytes: None,
+            last_exit: None,
+            next_restart_ms: None,
+            status_text: None,
+            critical: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
@@ -269,6 +289,13 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// A parser's message (toml's, with its source excerpt on `|` lines) as one line, for a
+/// console line or a `FILE: key: reason` complaint. PID 1, the agent's constitution and the
+/// wizard's seeds share it.
+pub fn one_line(msg: &str) -> String {
+    msg.split('\n').map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|')).collect::<Vec<_>>().join(": ")
 }
 
 /// The day number since 1970-01-01 of a proleptic Gregorian date: the inverse of

@@ -129,7 +129,7 @@ impl Constitution {
         let table: toml::Table = match toml::from_str(text) {
             Ok(t) => t,
             Err(e) => {
-                problems.push(format!("{origin}: not valid TOML, using defaults: {}", one_line(&e.to_string())));
+                problems.push(format!("{origin}: not valid TOML, using defaults: {}", ghost_proto::one_line(&e.to_string())));
                 return Loaded { constitution: c, problems };
             }
         };
@@ -346,9 +346,6 @@ fn show(v: &toml::Value) -> String {
     }
 }
 
-fn one_line(msg: &str) -> String {
-    msg.split('\n').map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|')).collect::<Vec<_>>().join(": ")
-}
 
 // ---------------------------------------------------------------------------------------------
 // Rate limiting

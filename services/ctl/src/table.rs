@@ -113,20 +113,7 @@ pub(crate) mod tests {
     use super::*;
 
     pub fn svc(name: &str, state: State) -> ServiceStatus {
-        ServiceStatus {
-            name: name.into(),
-            description: String::new(),
-            state,
-            pid: None,
-            uptime_s: None,
-            restarts: 0,
-            health: None,
-            memory_bytes: None,
-            last_exit: None,
-            next_restart_ms: None,
-            status_text: None,
-            critical: false,
-        }
+        ServiceStatus::new(name, state)
     }
 
     #[test]

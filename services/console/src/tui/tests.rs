@@ -17,20 +17,7 @@ use super::view::render;
 const NOW_MS: u64 = 1_763_840_000_000;
 
 fn service(name: &str, state: State) -> ServiceStatus {
-    ServiceStatus {
-        name: name.into(),
-        description: String::new(),
-        state,
-        pid: None,
-        uptime_s: None,
-        restarts: 0,
-        health: None,
-        memory_bytes: None,
-        last_exit: None,
-        next_restart_ms: None,
-        status_text: None,
-        critical: false,
-    }
+    ServiceStatus::new(name, state)
 }
 
 fn log(service: &str, text: &str, stream: Stream) -> LogLine {

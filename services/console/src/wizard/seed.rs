@@ -43,7 +43,7 @@ pub fn load(path: &Path, env: &Env) -> Result<Answers, Vec<String>> {
 
 /// The answers a seed gives over the machine's current ones, or its problems.
 pub fn parse(text: &str, origin: &str, env: &Env) -> Result<Answers, Vec<String>> {
-    let table: toml::Table = toml::from_str(text).map_err(|e| vec![format!("{origin}: not valid TOML: {}", one_line(&e.to_string()))])?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| vec![format!("{origin}: not valid TOML: {}", ghost_proto::one_line(&e.to_string()))])?;
     let mut a = Answers::current(env);
     let mut problems = Vec::new();
     let mut bad = |key: &str, why: String| problems.push(format!("{origin}: {key}: {why}"));
@@ -116,9 +116,6 @@ fn field_of(key: &str) -> Field {
     Field::ALL.into_iter().find(|f| f.key() == key).expect("a known key")
 }
 
-fn one_line(msg: &str) -> String {
-    msg.split('\n').map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|')).collect::<Vec<_>>().join(": ")
-}
 
 #[cfg(test)]
 mod tests {
