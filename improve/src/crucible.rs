@@ -499,14 +499,7 @@ pub struct ControlSocket;
 
 impl ControlSocket {
     fn request(&self, req: &ghost_proto::Request) -> Result<ghost_proto::Reply, String> {
-        use ghostctl::client::{socket_path_from_env, Connection, Endpoint};
-        let socket = socket_path_from_env(Endpoint::Control, None);
-        let mut c = Connection::open(&socket).map_err(|f| f.to_string())?;
-        let reply = c.request(req).map_err(|f| f.to_string())?;
-        match reply.error {
-            Some(e) => Err(e),
-            None => Ok(reply),
-        }
+        ghostctl::client::control_request(req).map_err(|f| f.to_string())
     }
 }
 

@@ -127,6 +127,12 @@ pub fn socket_path_from_env(endpoint: Endpoint, flag: Option<&Path>) -> SocketPa
     socket_path(endpoint, flag, std::env::var_os(endpoint.env_var()), std::env::var_os("GHOST_ROOT"))
 }
 
+/// One request to ghost-init on a connection of its own, to the control socket the environment
+/// names (`GHOST_SOCKET`, `GHOST_ROOT`); `ok: false` is [`Failure::Daemon`].
+pub fn control_request(req: &Request) -> Result<Reply, Failure> {
+    Connection::open(&socket_path_from_env(Endpoint::Control, None))?.request(req)
+}
+
 /// One connection to ghost-init or to the agent.
 pub struct Connection {
     reader: BufReader<UnixStream>,

@@ -135,12 +135,5 @@ pub fn run(args: SnapshotArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
 
 /// Tells ghost-init to read the service files again.
 fn reload() -> Result<(), String> {
-    use ghostctl::client::{socket_path_from_env, Connection, Endpoint};
-    let socket = socket_path_from_env(Endpoint::Control, None);
-    let mut c = Connection::open(&socket).map_err(|f| f.to_string())?;
-    let r = c.request(&ghost_proto::Request::Reload).map_err(|f| f.to_string())?;
-    match r.error {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    ghostctl::client::control_request(&ghost_proto::Request::Reload).map(|_| ()).map_err(|f| f.to_string())
 }

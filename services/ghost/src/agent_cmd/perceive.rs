@@ -43,9 +43,7 @@ fn offer(tx: &SyncSender<Input>, o: Observation) -> bool {
 
 /// ghost-init's control socket (GHOST_SOCKET, or under GHOST_ROOT).
 pub fn control(req: &Request) -> Result<ghost_proto::Reply, String> {
-    let socket = socket_path_from_env(Endpoint::Control, None);
-    let mut c = Connection::open(&socket).map_err(failure)?;
-    c.request(req).map_err(failure)
+    ghostctl::client::control_request(req).map_err(failure)
 }
 
 pub fn failure(f: ghostctl::failure::Failure) -> String {
