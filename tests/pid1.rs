@@ -218,3 +218,144 @@ fn a_critical_service_that_cannot_start_opens_the_rescue_console() {
     assert!(st.success());
     assert!(!g.console.text().contains("boot complete"), "boot must not claim completion: {}", g.console.text());
 }
+
+/// `ghostctl ARGS` against a hosted ghost-init's socket: (exit code, stdout, stderr).
+fn ghostctl(root: &Root, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(ghost_tests::bin("ghostctl"))
+        .arg("--socket")
+        .arg(root.path().join("run/ghost/control.sock"))
+        .args(args)
+        .output()
+        .expect("run ghostctl");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn init_info(root: &Root) -> ghost_proto::InitInfo {
+    ghost_tests::control(root, "{\"cmd\":\"init\"}").init.expect("init info")
+}
+
+/// Services in each state a re-execution must carry: running (with a health probe), waiting
+/// out a long restart delay, and stopped by the operator.
+fn reexec_world() -> Root {
+    let root = Root::new();
+    root.service("steady", "exec = [\"/bin/sh\", \"-c\", \"echo hello from $$; exec sleep 1000\"]\nhealth = { exec = [\"/bin/true\"], interval_s = 1 }\n")
+        .service("flaky", "exec = [\"/bin/sh\", \"-c\", \"echo flaky run; exit 3\"]\nrestart_delay_ms = 1500\nrestart_max_delay_ms = 1500\n")
+        .service("parked", "exec = [\"/bin/sleep\", \"1000\"]\n");
+    root
+}
+
+#[test]
+fn reexec_as_namespace_pid1_keeps_every_service_process_and_its_state() {
+    if !namespaces() {
+        return;
+    }
+    let root = reexec_world();
+    let mut g = Ghost::start(&root, Isolation::PidNamespace, "");
+    g.console.wait_for("boot complete", BOOT);
+    let (code, _, err) = ghostctl(&root, &["stop", "parked"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(eventually(Duration::from_secs(10), || {
+        let s = ghost_tests::status(&root, "steady");
+        s.health == Some(ghost_proto::Health::Healthy) && ghost_tests::status(&root, "flaky").restarts >= 1 && ghost_tests::status(&root, "parked").state == ghost_proto::State::Stopped
+    }), "steady healthy, flaky restarted once, parked stopped");
+    let before = ghost_tests::control(&root, "{\"cmd\":\"status\"}").services.unwrap();
+    let steady = before.iter().find(|s| s.name == "steady").unwrap().clone();
+    let flaky_restarts = before.iter().find(|s| s.name == "flaky").unwrap().restarts;
+    let info0 = init_info(&root);
+    assert_eq!((info0.pid, info0.reexecs), (1, 0));
+
+    let (code, out, err) = ghostctl(&root, &["reexec"]);
+    assert_eq!(code, 0, "ghostctl reexec: {out}{err}\n{}", g.console.text());
+    assert!(out.contains("re-execs  1") && out.contains("service(s) kept"), "{out}");
+    g.console.wait_for("re-exec: ", Duration::from_secs(5));
+    let info = init_info(&root);
+    assert_eq!((info.pid, info.reexecs), (1, 1), "{info:?}");
+    let report = info.last_reexec.expect("a report of the re-exec");
+    assert_eq!((report.services, report.fell_back.as_deref()), (3, None), "{report:?}");
+    assert!(info.up_ms >= info0.up_ms, "uptime goes on across the exec: {} then {}", info0.up_ms, info.up_ms);
+
+    // The same processes under the same PID 1, in the same states.
+    let after = ghost_tests::control(&root, "{\"cmd\":\"status\"}").services.unwrap();
+    let steady_now = after.iter().find(|s| s.name == "steady").unwrap();
+    assert_eq!((steady_now.pid, steady_now.restarts, steady_now.state), (steady.pid, steady.restarts, steady.state), "{steady_now:?}");
+    assert!(steady_now.uptime_s.unwrap() >= steady.uptime_s.unwrap(), "uptime kept: {steady_now:?} vs {steady:?}");
+    assert_eq!(steady_now.health, Some(ghost_proto::Health::Healthy));
+    assert_eq!(after.iter().find(|s| s.name == "parked").unwrap().state, ghost_proto::State::Stopped, "an operator's stop is kept");
+    assert!(g.processes().iter().any(|p| p.pid == g.pid), "ghost-init runs as the same process");
+    let logs = ghost_tests::control(&root, "{\"cmd\":\"logs\",\"name\":\"steady\"}").logs.unwrap();
+    assert!(logs.iter().any(|l| l.text.starts_with("hello from")), "the lines before the exec are kept: {logs:?}");
+
+    // Its timers go on: flaky's restart delay runs out and it runs again.
+    assert!(eventually(Duration::from_secs(10), || ghost_tests::status(&root, "flaky").restarts > flaky_restarts), "flaky was not restarted after the re-exec");
+    // Its children are still its own: a killed service is reaped and started again, and what
+    // the new process writes reaches the same log.
+    let old = steady.pid.unwrap();
+    let (code, _, err) = ghostctl(&root, &["restart", "steady"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(eventually(Duration::from_secs(10), || {
+        let s = ghost_tests::status(&root, "steady");
+        s.state == ghost_proto::State::Running && s.pid.is_some_and(|p| p != old)
+    }));
+    let new = ghost_tests::status(&root, "steady").pid.unwrap();
+    assert!(eventually(Duration::from_secs(5), || ghost_tests::control(&root, "{\"cmd\":\"logs\",\"name\":\"steady\"}").logs.unwrap().iter().any(|l| l.text == format!("hello from {new}"))),
+        "the new process's output did not reach the log after the re-exec");
+    let events = ghost_tests::control(&root, "{\"cmd\":\"logs\",\"name\":\"flaky\"}").logs.unwrap();
+    assert!(events.iter().filter(|l| l.text == "flaky run").count() as u32 > flaky_restarts, "{events:?}");
+
+    // And it still shuts down cleanly.
+    g.signal(libc::SIGTERM);
+    let status = g.wait_exit(Duration::from_secs(15)).expect("ghost-init did not exit after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", g.console.text());
+}
+
+#[test]
+fn a_program_that_refuses_is_not_run_and_one_that_fails_its_checks_falls_back() {
+    if !namespaces() {
+        return;
+    }
+    let root = reexec_world();
+    let mut g = Ghost::start(&root, Isolation::PidNamespace, "");
+    g.console.wait_for("boot complete", BOOT);
+    let pids = || {
+        let mut v: Vec<(String, Option<i32>)> = ghost_tests::control(&root, "{\"cmd\":\"status\"}").services.unwrap().into_iter().filter(|s| s.name != "flaky").map(|s| (s.name, s.pid)).collect();
+        v.sort();
+        v
+    };
+    assert!(eventually(Duration::from_secs(10), || ghost_tests::status(&root, "steady").state == ghost_proto::State::Running));
+    let before = pids();
+    let original = init_info(&root).binary;
+
+    // Refused before anything is handed over: nothing changes.
+    let (code, _, err) = ghostctl(&root, &["reexec", "/bin/false"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/bin/false refused the handover (exit code 1)"), "{err}");
+    let (code, _, err) = ghostctl(&root, &["reexec", "ghost-init"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("must be an absolute path"), "{err}");
+    let (code, _, err) = ghostctl(&root, &["reexec", "/nonexistent/ghost-init"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/ghost-init: No such file"), "{err}");
+    assert_eq!(init_info(&root).reexecs, 0);
+    assert_eq!(pids(), before);
+
+    // A program that says yes to the check, then fails its checks once it is PID 1.
+    let wrapper = root.path().join("bad-init");
+    std::fs::write(&wrapper, format!("#!/bin/sh\nGHOST_INIT_FAIL_RESUME=1 exec {} \"$@\"\n", ghost_tests::bin("ghost-init").display())).unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (code, out, err) = ghostctl(&root, &["reexec", wrapper.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("failed its checks") && err.contains("GHOST_INIT_FAIL_RESUME=1 is set"), "{err}");
+    let info = init_info(&root);
+    assert_eq!((info.pid, info.reexecs, info.binary.as_str()), (1, 1, original.as_str()), "the previous program runs again: {info:?}");
+    assert!(info.last_reexec.unwrap().fell_back.is_some());
+    assert_eq!(pids(), before, "every service kept its process through the fall-back");
+    g.console.wait_for("going back to the previous one", Duration::from_secs(5));
+
+    // And a good re-exec still works after it.
+    let (code, out, err) = ghostctl(&root, &["reexec"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(init_info(&root).reexecs, 2);
+    assert_eq!(pids(), before);
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(15)).expect("exit").success());
+}

@@ -108,7 +108,7 @@ impl Init {
     }
 
     /// The ACPI power button powers off (needs the `button` and `evdev` modules).
-    fn watch_power_button(&mut self) {
+    pub fn watch_power_button(&mut self) {
         let paths = crate::power_button::find(Path::new("/sys/class/input"), Path::new("/dev/input"));
         let (buttons, fds) = crate::power_button::PowerButtons::open(&paths);
         for fd in &fds {
@@ -152,16 +152,7 @@ impl Init {
             }
             Err(e) => problems.push(format!("{}: {e} (services with ready = \"notify\" will never be ready)", notify_path.display())),
         }
-        let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
-        let access = crate::control::Access {
-            // The operator group (ghost.toml [operator] group, `ghost` by default).
-            ghost_gid: {
-                let name = self.config.operator.socket_group();
-                crate::identity::lookup_group(&groups, name).filter(|_| groups.lines().any(|l| l.starts_with(&format!("{name}:"))))
-            },
-            // SAFETY: getuid has no failure mode.
-            owner_uid: self.hosted.then(|| unsafe { libc::getuid() }),
-        };
+        let access = self.control_access();
         let sock = self.paths.control_socket();
         match crate::control::ControlServer::bind(&sock, access) {
             Ok(c) => {
@@ -179,11 +170,25 @@ impl Init {
         }
     }
 
+    /// Who may use the control socket: root, the operator group, and hosted, the owner.
+    pub fn control_access(&self) -> crate::control::Access {
+        let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        crate::control::Access {
+            // The operator group (ghost.toml [operator] group, `ghost` by default).
+            ghost_gid: {
+                let name = self.config.operator.socket_group();
+                crate::identity::lookup_group(&groups, name).filter(|_| groups.lines().any(|l| l.starts_with(&format!("{name}:"))))
+            },
+            // SAFETY: getuid has no failure mode.
+            owner_uid: self.hosted.then(|| unsafe { libc::getuid() }),
+        }
+    }
+
     pub fn reload_config(&mut self) -> Result<(), String> {
         self.load_config()
     }
 
-    fn load_config(&mut self) -> Result<(), String> {
+    pub fn load_config(&mut self) -> Result<(), String> {
         let path = self.paths.etc("ghost.toml");
         if !path.exists() {
             say!("config: {} not found; using defaults", path.display());

@@ -21,6 +21,15 @@ impl Cgroups {
         Cgroups { base: None }
     }
 
+    /// The hierarchy a previous program of PID 1 set up (a re-execution).
+    pub fn adopt(base: Option<PathBuf>) -> Cgroups {
+        Cgroups { base }
+    }
+
+    pub fn base(&self) -> Option<&Path> {
+        self.base.as_deref()
+    }
+
     /// Prepares `<mount>/<dir>` for service cgroups; `Err` says why cgroups are not used.
     pub fn setup(mount: &Path, dir: &str) -> Result<Cgroups, String> {
         let have = std::fs::read_to_string(mount.join("cgroup.controllers"))

@@ -6,6 +6,8 @@
 /// What the operator asked for on the kernel command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cmdline {
+    /// The line as given (a re-execution hands it on).
+    pub line: String,
     /// `ghost.poweroff_after_ready=1`: power off as soon as boot is complete.
     pub poweroff_after_ready: bool,
     /// `ghost.wizard=skip`: no first-boot wizard.
@@ -25,7 +27,7 @@ pub struct Cmdline {
 impl Cmdline {
     /// Parses a command line as the kernel shows it in /proc/cmdline.
     pub fn parse(line: &str) -> Cmdline {
-        let mut c = Cmdline::default();
+        let mut c = Cmdline { line: line.trim().to_string(), ..Cmdline::default() };
         for word in split_words(line) {
             let Some(rest) = word.strip_prefix("ghost.") else { continue };
             let (key, value) = match rest.split_once('=') {

@@ -122,6 +122,12 @@ impl ControlServer {
         Ok(ControlServer { listener: fd, clients: HashMap::new(), next_id: 1, access })
     }
 
+    /// The listening socket a previous program of PID 1 handed over (a re-execution):
+    /// connections waiting in its backlog are served by this one.
+    pub fn adopt(listener: OwnedFd, access: Access) -> ControlServer {
+        ControlServer { listener, clients: HashMap::new(), next_id: 1, access }
+    }
+
     pub fn listener_fd(&self) -> RawFd {
         self.listener.as_raw_fd()
     }

@@ -68,6 +68,8 @@ pub struct Init {
     pub status_said: Option<Instant>,
     /// The first-boot wizard boot is waiting for (wizard.rs).
     pub wizard: Option<crate::wizard::WizardRun>,
+    /// Re-executions of PID 1 (reexec.rs).
+    pub reexec: crate::reexec::Record,
 }
 
 /// How often a service's status line may reach the console.
@@ -102,6 +104,7 @@ impl Init {
             network: None,
             status_said: None,
             wizard: None,
+            reexec: Default::default(),
         };
         init.set_cmdline(cmdline);
         init
@@ -125,6 +128,18 @@ impl Init {
         } else if !self.start_wizard() {
             self.boot_services();
         }
+        self.serve_events()
+    }
+
+    /// Watches `fd` under `token`, saying so when the kernel refuses.
+    pub fn watch(&mut self, fd: std::os::fd::RawFd, token: Token) {
+        if let Err(e) = self.reactor.add(fd, token, false) {
+            say!("event loop: cannot watch a descriptor for {token:?}: {e}");
+        }
+    }
+
+    /// The event loop, until shutdown is complete; returns the action to take.
+    pub fn serve_events(&mut self) -> PowerAction {
         loop {
             // Before every sleep: watch what was created since (log and readiness pipes of
             // services started during boot too), flush replies, check boot progress.
@@ -136,6 +151,10 @@ impl Init {
                 if self.supervisor.all_down() || Instant::now() >= bound {
                     return action;
                 }
+            }
+            // A checked re-execution, once the replies of this turn are out.
+            if let Some((client, binary)) = self.reexec.go.take() {
+                self.exec_now(client, binary);
             }
             self.reactor.arm(self.next_deadline());
             let mut ready = std::mem::take(&mut self.ready_buf);
@@ -155,7 +174,7 @@ impl Init {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let mut d = [self.supervisor.next_deadline(), self.probes.next_deadline(), self.network_deadline(), self.wizard_deadline()].into_iter().flatten().min();
+        let mut d = [self.supervisor.next_deadline(), self.probes.next_deadline(), self.network_deadline(), self.wizard_deadline(), self.reexec_deadline()].into_iter().flatten().min();
         if let Phase::Stopping { bound, .. } = self.phase {
             d = Some(d.map_or(bound, |x| x.min(bound)));
         }
@@ -170,6 +189,9 @@ impl Init {
                 }
             }
             Token::Timer => {
+                if self.reexec_deadline().is_some_and(|d| Instant::now() >= d) {
+                    self.reexec_checked(None);
+                }
                 self.wizard_tick(Instant::now());
                 self.tick();
                 self.network_tick();
@@ -412,6 +434,11 @@ impl Init {
                 self.removed.extend(report.removed.iter().cloned());
                 Reply { ok: true, reload: Some(report), ..Reply::default() }
             }
+            Request::Init => Reply { ok: true, init: Some(self.init_info()), ..Reply::default() },
+            Request::Reexec { binary } => match self.begin_reexec(client, binary) {
+                Ok(()) => return None,
+                Err(e) => Reply::error(e),
+            },
             Request::Poweroff => {
                 self.begin_shutdown(PowerAction::PowerOff);
                 Reply::ok()
@@ -472,7 +499,7 @@ impl Init {
             K::Stopping => format!("stopping: {}", n.detail),
             K::Stopped => format!("stopped ({})", n.detail),
             K::Reloaded => format!("reload: {}", n.detail),
-            K::ConfigError | K::BootComplete | K::Shutdown => n.detail.clone(),
+            K::ConfigError | K::BootComplete | K::Shutdown | K::Reexec => n.detail.clone(),
         };
         let pid = n.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
         if n.service.is_empty() {
@@ -510,6 +537,10 @@ impl Init {
             }
             if self.wizard.as_ref().is_some_and(|w| w.pid == pid) {
                 self.wizard_exited(exit);
+                continue;
+            }
+            if self.reexec.pending.as_ref().is_some_and(|p| p.check_pid == pid) {
+                self.reexec_checked(Some(exit));
                 continue;
             }
             if let Some(out) = self.probes.on_exit(pid, exit) {

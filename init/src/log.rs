@@ -142,6 +142,20 @@ pub fn contents() -> Vec<u8> {
     out
 }
 
+/// After a re-execution: the previous program's lines, kept in the ring and not printed again.
+pub fn restore(text: &[u8]) {
+    let mut ring = LOG.lock().unwrap_or_else(|p| p.into_inner());
+    for &b in &text[text.len().saturating_sub(RING)..] {
+        let pos = ring.pos;
+        ring.buf[pos] = b;
+        ring.pos += 1;
+        if ring.pos == RING {
+            ring.pos = 0;
+            ring.wrapped = true;
+        }
+    }
+}
+
 /// As PID 1 (the console is our own open file): never block on it again.
 pub fn console_non_blocking() {
     // SAFETY: fcntl flag changes on fd 2 (and 0, 1, which share its open file description).

@@ -31,6 +31,19 @@ pub const TAIL_BYTES: usize = 512 * 1024;
 const DEFAULT_MAX_SIZE: u64 = 1 << 20;
 const DEFAULT_KEEP: u32 = 3;
 
+/// One service's log across a re-execution.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedLog {
+    pub id: u32,
+    pub name: String,
+    pub read: [RawFd; 2],
+    pub write: [RawFd; 2],
+    pub partial: [String; 2],
+    pub ring: Vec<LogLine>,
+    pub max_size: u64,
+    pub keep: u32,
+}
+
 /// The pipes and the record of one service.
 struct ServiceLog {
     name: String,
@@ -170,6 +183,59 @@ impl Logbook {
             skip += 1;
         }
         lines.split_off(skip)
+    }
+
+    /// Every service's pipes and lines, for a re-execution (reexec.rs); the descriptors stay
+    /// open and owned here until the exec.
+    pub fn save(&self) -> Vec<SavedLog> {
+        let mut v: Vec<SavedLog> = self
+            .logs
+            .iter()
+            .map(|(&id, l)| SavedLog {
+                id,
+                name: l.name.clone(),
+                read: [l.read[0].as_raw_fd(), l.read[1].as_raw_fd()],
+                write: [l.write[0].as_raw_fd(), l.write[1].as_raw_fd()],
+                partial: [String::from_utf8_lossy(&l.partial[0]).into_owned(), String::from_utf8_lossy(&l.partial[1]).into_owned()],
+                ring: l.ring.iter().cloned().collect(),
+                max_size: l.max_size,
+                keep: l.keep,
+            })
+            .collect();
+        v.sort_by_key(|l| l.id);
+        v
+    }
+
+    /// The pipes of a previous program (every descriptor already checked to be open and now
+    /// owned by the caller's `adopt`); read ends are returned to register with the reactor.
+    /// The log files are opened again on the next line.
+    pub fn restore(&mut self, saved: Vec<SavedLog>, adopt: &mut dyn FnMut(RawFd) -> OwnedFd) -> Vec<(RawFd, u32, u8)> {
+        let mut watch = Vec::new();
+        for s in saved {
+            let read = [adopt(s.read[0]), adopt(s.read[1])];
+            let write = [adopt(s.write[0]), adopt(s.write[1])];
+            watch.push((read[0].as_raw_fd(), s.id, 0));
+            watch.push((read[1].as_raw_fd(), s.id, 1));
+            let ring_bytes = s.ring.iter().map(|l| l.text.len()).sum();
+            let [p0, p1] = s.partial;
+            self.logs.insert(
+                s.id,
+                ServiceLog {
+                    name: s.name,
+                    read,
+                    write,
+                    partial: [p0.into_bytes(), p1.into_bytes()],
+                    ring: s.ring.into(),
+                    ring_bytes,
+                    file: None,
+                    file_size: 0,
+                    max_size: s.max_size,
+                    keep: s.keep,
+                    file_error_said: false,
+                },
+            );
+        }
+        watch
     }
 
     /// Forgets a service removed for good; its pipes close.

@@ -19,6 +19,7 @@ mod power_button;
 mod probe;
 mod procfs;
 mod reactor;
+mod reexec;
 mod rescue;
 mod service_file;
 mod shutdown;
@@ -35,7 +36,10 @@ const USAGE: &str = "\
 usage: ghost-init                      as the kernel's init (PID 1)
        ghost-init --hosted --root DIR [--cmdline 'ghost.KEY=VALUE ...']
                                        the same supervisor as an ordinary process, every path under DIR
-       ghost-init --version | --help";
+       ghost-init --version | --help
+internal (a re-execution of PID 1, `ghostctl reexec`):
+       ghost-init --reexec-check FD      can this program take over the handover on FD?
+       ghost-init --resume FD [--fallback FD2 | --fell-back WHY]";
 
 #[derive(Debug, Default, PartialEq)]
 struct Args {
@@ -46,6 +50,16 @@ struct Args {
     ignored: Vec<String>,
     help: bool,
     version: bool,
+    /// A re-execution: the handover's descriptor, the previous program's, and (when this
+    /// is the previous program again) why the new one could not take over.
+    resume: Option<i32>,
+    fallback: Option<i32>,
+    fell_back: Option<String>,
+    reexec_check: Option<i32>,
+}
+
+fn fd_arg(flag: &str, v: Option<String>) -> Result<i32, String> {
+    v.and_then(|s| s.parse().ok()).filter(|&n: &i32| n >= 0).ok_or_else(|| format!("{flag} needs a descriptor number"))
 }
 
 /// Hand-written rather than clap: PID 1 takes four flags, and clap would double its size.
@@ -59,6 +73,10 @@ fn parse_args(args: impl Iterator<Item = String>, strict: bool) -> Result<Args, 
             "--cmdline" => a.cmdline = it.next().ok_or("--cmdline needs a string")?,
             "--help" | "-h" => a.help = true,
             "--version" | "-V" => a.version = true,
+            "--resume" => a.resume = Some(fd_arg("--resume", it.next())?),
+            "--fallback" => a.fallback = Some(fd_arg("--fallback", it.next())?),
+            "--fell-back" => a.fell_back = Some(it.next().ok_or("--fell-back needs a reason")?),
+            "--reexec-check" => a.reexec_check = Some(fd_arg("--reexec-check", it.next())?),
             other if other.starts_with("--root=") => a.root = Some(other["--root=".len()..].into()),
             other if other.starts_with("--cmdline=") => a.cmdline = other["--cmdline=".len()..].into(),
             other if strict => return Err(format!("unknown argument `{other}`")),
@@ -78,7 +96,7 @@ fn main() {
     let start = Instant::now();
     let pid1 = std::process::id() == 1;
     // As the kernel's init, tolerate the boot words the kernel passes on; otherwise be strict.
-    let strict = !pid1 || std::env::args().skip(1).any(|a| a == "--hosted");
+    let strict = !pid1 || std::env::args().skip(1).any(|a| a == "--hosted" || a == "--resume");
     let args = match parse_args(std::env::args().skip(1), strict) {
         Ok(a) => a,
         Err(e) => {
@@ -93,6 +111,12 @@ fn main() {
     if args.version {
         println!("ghost-init {}", env!("CARGO_PKG_VERSION"));
         return;
+    }
+    if let Some(fd) = args.reexec_check {
+        std::process::exit(reexec::check_main(fd));
+    }
+    if let Some(fd) = args.resume {
+        resume(fd, args.fallback, args.fell_back, start);
     }
     if !args.hosted && !pid1 {
         eprintln!("ghost-init: not PID 1; run it as the kernel's init, or as `ghost-init --hosted --root DIR`\n{USAGE}");
@@ -136,6 +160,40 @@ fn main() {
     let action = init.run();
     init.finish(action);
     std::process::exit(0);
+}
+
+/// A re-executed PID 1: takes over from the previous program, or hands back to it.
+fn resume(fd: i32, fallback: Option<i32>, fell_back: Option<String>, start: Instant) -> ! {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        say!("PANIC{at}: {}", boot::panic_text(info.payload()));
+    }));
+    let why = match reactor::Reactor::new() {
+        Err(e) => format!("cannot set up signal handling: {e}"),
+        Ok(reactor) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reexec::resume(fd, fell_back.clone(), reactor, start))) {
+            Ok(Ok(mut init)) => {
+                // SAFETY: closing the handover and the previous program's descriptor, ours now.
+                unsafe {
+                    libc::close(fd);
+                    if let Some(old) = fallback {
+                        libc::close(old);
+                    }
+                }
+                let action = init.serve_events();
+                init.finish(action);
+                std::process::exit(0);
+            }
+            Ok(Err((why, _reactor))) => why,
+            Err(p) => format!("panicked: {}", boot::panic_text(&*p)),
+        },
+    };
+    let why = if fell_back.is_some() { format!("{why} (and this is the previous program already)") } else { reexec::fall_back(fd, fallback, &why) };
+    say!("re-exec: cannot go on: {why}");
+    if std::process::id() == 1 {
+        say!("re-exec: PID 1 keeps reaping; the services run on unsupervised until a reboot");
+        last_resort();
+    }
+    std::process::exit(1);
 }
 
 /// PID 1 without its event loop: keep reaping, forever. Never returns, never exits.

@@ -32,6 +32,11 @@ impl NotifySocket {
         }
     }
 
+    /// The bound socket a previous program of PID 1 handed over (a re-execution).
+    pub fn adopt(fd: OwnedFd) -> NotifySocket {
+        NotifySocket { fd }
+    }
+
     pub fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
     }

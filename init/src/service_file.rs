@@ -3,13 +3,13 @@
 //! Keys are flat and checked strictly: an unknown key or a wrong type leaves that one service
 //! out with a line naming the file and the key; the other services start as usual.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::config::one_line;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Restart {
     #[default]
@@ -18,7 +18,7 @@ pub enum Restart {
     Never,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
     pub exec: Option<Vec<String>>,
@@ -45,7 +45,7 @@ impl Health {
 }
 
 /// One service, as written in its file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceFile {
     #[serde(default)]

@@ -83,6 +83,14 @@ impl ExecPlan {
         self.quiet = true;
     }
 
+    /// A program PID 1 asks something of (`--reexec-check`): `fd3` placed as its descriptor
+    /// 3, stdout and stderr into `out`, stdin /dev/null, its own session.
+    pub fn with_fd3_and_output(mut self, fd3: RawFd, out: RawFd) -> ExecPlan {
+        self.extra_fd = Some((fd3, 3));
+        self.output = Some([out, out]);
+        self
+    }
+
     /// Forks and execs; returns the child's pid without waiting for it.
     pub fn spawn(&self) -> Result<i32, String> {
         let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
@@ -191,7 +199,7 @@ pub struct RealOs {
     pub ready_fds: HashMap<u32, OwnedFd>,
     /// Descriptors created since the loop last looked: to add to the reactor.
     pub new_fds: Vec<(RawFd, Token)>,
-    oom_seen: HashMap<String, u64>,
+    pub oom_seen: HashMap<String, u64>,
     rng: u64,
 }
 

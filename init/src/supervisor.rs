@@ -918,5 +918,8 @@ fn admit(mut files: BTreeMap<String, ServiceFile>) -> (Vec<(String, ServiceFile)
     (out, problems)
 }
 
+mod handover;
+pub use handover::SavedSupervisor;
+
 #[cfg(test)]
 mod tests;

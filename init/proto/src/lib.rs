@@ -53,6 +53,17 @@ pub enum Request {
     Reload,
     Poweroff,
     Reboot,
+    /// What PID 1 itself is: its binary, uptime and re-executions ([`InitInfo`]).
+    Init,
+    /// PID 1 replaces its own program without a reboot, keeping every service: `binary`, or
+    /// the running one again. The new program's checks run first (`BINARY --reexec-check`);
+    /// a refusal is an error reply and nothing changes. Once the program is replaced the
+    /// connection closes without a reply: ask `init` to see how it went (a new program that
+    /// failed its checks has put the previous one back, and says why).
+    Reexec {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<String>,
+    },
 }
 
 /// One reply line. Exactly one of `error`, `services`, `logs`, `reload`, `stream` is set
@@ -71,6 +82,38 @@ pub struct Reply {
     /// `logs` or `events`: stream items follow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitInfo>,
+}
+
+/// PID 1 itself (the `init` request).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitInfo {
+    pub pid: i32,
+    /// The program it runs now.
+    pub binary: String,
+    pub version: String,
+    /// Since the kernel (or the host) started the first ghost-init, across re-executions.
+    pub up_ms: u64,
+    /// Re-executions since boot (fallbacks included).
+    pub reexecs: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reexec: Option<ReexecReport>,
+}
+
+/// How the last re-execution went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReexecReport {
+    pub from: String,
+    pub to: String,
+    /// From the old program's execve to the new one serving its loop again.
+    pub took_us: u64,
+    /// Services carried over (their processes untouched).
+    pub services: usize,
+    /// The new program failed its checks and the previous one (`from`) runs again: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fell_back: Option<String>,
+    pub ts_ms: u64,
 }
 
 impl Reply {
@@ -199,6 +242,8 @@ pub enum EventKind {
     Reloaded,
     BootComplete,
     Shutdown,
+    /// PID 1 re-executed itself (or fell back to its previous program).
+    Reexec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,7 +37,7 @@ const PARAMETERS: [u8; 8] = [
 ];
 
 /// What a server leased to us.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lease {
     pub address: Ipv4Addr,
     pub prefix: u8,

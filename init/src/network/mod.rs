@@ -17,7 +17,7 @@
 //! In hosted mode the host's network is used and `network` is up at once, unless `--cmdline`
 //! names `ghost.ip=`: then the step runs for real (in a network namespace, as the tests do).
 
-mod client;
+pub mod client;
 mod dhcp;
 mod iface;
 mod netlink;
@@ -155,6 +155,27 @@ impl Init {
         }
     }
 
+    /// The lease DHCP put on the interface (a re-execution hands it on).
+    pub fn dhcp_lease(&self) -> Option<Lease> {
+        self.network.as_ref()?.configured.clone()
+    }
+
+    /// After a re-execution: DHCP again on the interface, which keeps `lease` (its address,
+    /// route and name servers stay as they are) until the server answers; the same lease
+    /// back changes nothing.
+    pub fn resume_dhcp(&mut self, lease: Lease) {
+        match self.begin_network(Instant::now()) {
+            Ok(Begun::Pending(mut d)) => {
+                d.configured = Some(lease);
+                d.reported = true;
+                self.network = Some(*d);
+                self.network_tick();
+            }
+            Ok(_) => say!("network: the configuration no longer asks for DHCP; the lease of {} stays until reboot", lease.address),
+            Err(why) => say!("network: DHCP again after the re-exec: {why}; the lease of {} stays until it ends", lease.address),
+        }
+    }
+
     /// When the network step next needs the loop to wake it.
     pub fn network_deadline(&self) -> Option<Instant> {
         let d = self.network.as_ref()?;
@@ -243,7 +264,9 @@ impl Init {
         let dns_same = d.configured.as_ref().is_some_and(|c| c.dns == lease.dns);
         let how = format!("dhcp, lease {}", lease.duration_text());
         let settled = Settled { addr: IfAddr { ifindex, address: lease.address, prefix: lease.prefix }, gateway: lease.router, dns: &lease.dns, proto: RouteProtocol::Dhcp };
-        if let (Some(how), true, true) = (renewal, same, dns_same) {
+        // The lease already on the interface (a renewal, or the first lease after a re-exec).
+        if let (true, true) = (same, dns_same) {
+            let how = renewal.unwrap_or("taken up again");
             say!("network: {name}: lease of {} {how} ({})", lease.address, lease.duration_text());
             if let Some(d) = &mut self.network {
                 d.configured = Some(lease);

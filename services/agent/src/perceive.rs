@@ -26,6 +26,7 @@ pub fn from_event(e: &Event) -> Option<Observation> {
         EventKind::Ready => ("ready", 0.1),
         EventKind::Stopped => ("stopped", 0.2),
         EventKind::Reloaded => ("reloaded", 0.3),
+        EventKind::Reexec => ("reexec", 0.3),
         EventKind::Status | EventKind::Starting | EventKind::Stopping | EventKind::BootComplete | EventKind::Shutdown => return None,
     };
     let text = match &e.service {

@@ -71,6 +71,14 @@ pub enum Command {
     Poweroff,
     /// Stop every service and reboot
     Reboot,
+    /// PID 1 itself: its program, uptime and re-executions
+    Init,
+    /// Replace PID 1's program without a reboot, keeping every service (its checks run first;
+    /// a new program that fails them puts the previous one back): BINARY, or the running one
+    Reexec {
+        /// The new ghost-init (an absolute path)
+        binary: Option<String>,
+    },
     /// Convert a systemd .service file into a ghost service file, listing what was not carried over
     #[command(name = "import-unit")]
     ImportUnit {

@@ -198,29 +198,39 @@ impl Connection {
     }
 
     /// Writes `req` as one line and reads the one reply line.
+    /// Sends `req`: its reply, or `None` when ghost-init closed the connection instead
+    /// (`reexec`: the program was replaced).
+    pub fn request_or_closed(&mut self, req: &Request) -> Result<Option<Reply>, Failure> {
+        let Some(line) = self.exchange_or_closed(req)? else { return Ok(None) };
+        let reply: Reply = self.parse_reply(&line)?;
+        if !reply.ok {
+            return Err(Failure::Daemon(reply.error.unwrap_or_else(|| "ghost-init refused the request without saying why".into())));
+        }
+        Ok(Some(reply))
+    }
+
     fn exchange(&mut self, req: &impl Serialize) -> Result<String, Failure> {
+        let endpoint = self.socket.endpoint;
+        self.exchange_or_closed(req)?.ok_or_else(|| {
+            Failure::Unreachable(format!("{}: {} closed the connection without a reply ({})", self.socket, endpoint.daemon(), endpoint.admits()))
+        })
+    }
+
+    fn exchange_or_closed(&mut self, req: &impl Serialize) -> Result<Option<String>, Failure> {
         let socket = self.socket.clone();
         let lost = |e: io::Error| Failure::Unreachable(format!("{socket}: {e}"));
         self.writer.write_all(ghost_proto::to_line(req).as_bytes()).map_err(lost)?;
         self.reader.get_ref().set_read_timeout(Some(REPLY_TIMEOUT)).map_err(lost)?;
-        let endpoint = self.socket.endpoint;
         let line = match self.read_line() {
             Ok(Some(line)) => line,
-            Ok(None) => {
-                return Err(Failure::Unreachable(format!(
-                    "{}: {} closed the connection without a reply ({})",
-                    self.socket,
-                    endpoint.daemon(),
-                    endpoint.admits()
-                )))
-            }
+            Ok(None) => return Ok(None),
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 return Err(Failure::Unreachable(format!("{}: no reply within {} s", self.socket, REPLY_TIMEOUT.as_secs())))
             }
             Err(e) => return Err(Failure::Unreachable(format!("{}: {e}", self.socket))),
         };
         self.reader.get_ref().set_read_timeout(None).map_err(lost)?;
-        Ok(line)
+        Ok(Some(line))
     }
 
     fn parse_reply<T: DeserializeOwned>(&self, line: &str) -> Result<T, Failure> {

@@ -1,7 +1,7 @@
 //! Human text for what is not a table: log lines (`TIME SERVICE | text`), events (one
 //! readable line each) and the report of a reload.
 
-use ghost_proto::{Event, EventKind, LogLine, ReloadReport, Stream};
+use ghost_proto::{Event, EventKind, InitInfo, LogLine, ReloadReport, Stream};
 
 use crate::human;
 use crate::style::Style;
@@ -37,6 +37,19 @@ pub fn event_line(e: &Event, style: Style, today: Option<LocalTime>) -> String {
         line.push_str(&e.detail);
     }
     line
+}
+
+/// PID 1 itself (`ghostctl init`, and after `ghostctl reexec`).
+pub fn init_info(i: &InitInfo) -> String {
+    let mut out = format!("{:<10}{} (ghost-init {}), pid {}\n{:<10}{}\n{:<10}{}\n", "program", i.binary, i.version, i.pid, "up", human::duration_ms(i.up_ms), "re-execs", i.reexecs);
+    if let Some(r) = &i.last_reexec {
+        let line = match &r.fell_back {
+            None => format!("{} -> {} in {:.2} ms, {} service(s) kept", r.from, r.to, r.took_us as f64 / 1000.0, r.services),
+            Some(why) => format!("FELL BACK: the new program failed its checks ({why}); {} runs again, {} service(s) kept", r.to, r.services),
+        };
+        out.push_str(&format!("{:<10}{line}\n", "last"));
+    }
+    out
 }
 
 /// What a reload changed, one line per kind of change; the unusable files last.
