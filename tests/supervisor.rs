@@ -603,3 +603,103 @@ fn a_service_with_a_terminal_runs_on_it_as_its_controlling_tty() {
     g.signal(libc::SIGTERM);
     assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
 }
+
+/// A service that may run twice at once: it listens on a fresh Unix socket, renames it over
+/// the served path (connections from then on reach it), says READY=1, and on SIGTERM serves
+/// what already waits on its old socket and exits. Each answer is its pid. With the file
+/// `fail-next` beside the path, it exits at once instead (and removes the file).
+const SWAPPABLE: &str = r#"
+import os, signal, socket, sys
+path = sys.argv[1]
+flag = os.path.join(os.path.dirname(path), "fail-next")
+if os.path.exists(flag):
+    os.remove(flag)
+    sys.exit(7)
+tmp = "%s.%d" % (path, os.getpid())
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(tmp)
+s.listen(128)
+os.rename(tmp, path)
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+signal.signal(signal.SIGTERM, lambda *_: s.setblocking(False))
+while True:
+    try:
+        c, _ = s.accept()
+    except BlockingIOError:
+        break
+    c.sendall(b"%d\n" % os.getpid())
+    c.close()
+"#;
+
+/// Asks the swappable service once: its pid, or the error.
+fn ask_swappable(path: &std::path::Path) -> Result<i32, String> {
+    let mut s = UnixStream::connect(path).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut line = String::new();
+    s.read_to_string(&mut line).map_err(|e| format!("read: {e}"))?;
+    line.trim().parse().map_err(|_| format!("answer {line:?}"))
+}
+
+#[test]
+fn an_overlapping_restart_keeps_a_ready_process_all_along_and_a_failed_successor_changes_nothing() {
+    let root = Root::new();
+    let sock = root.path().join("swap.sock");
+    std::fs::write(root.path().join("swappable.py"), SWAPPABLE).unwrap();
+    let exec = format!("exec = [\"/usr/bin/python3\", \"{}\", \"{}\"]\nready = \"notify\"\noverlap = true\n", root.path().join("swappable.py").display(), sock.display());
+    root.service("swap", &exec);
+    let _g = boot(&root);
+    let old = running_pid(&root, "swap");
+    assert_eq!(ask_swappable(&sock), Ok(old));
+
+    // A client asks all the time while the service is restarted.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (path, halt) = (sock.clone(), stop.clone());
+    let client = std::thread::spawn(move || {
+        let mut answers: Vec<Result<i32, String>> = Vec::new();
+        while !halt.load(std::sync::atomic::Ordering::SeqCst) {
+            answers.push(ask_swappable(&path));
+        }
+        answers
+    });
+    let restarted = control(&root, "{\"cmd\":\"restart\",\"name\":\"swap\"}");
+    assert!(restarted.ok, "{restarted:?}");
+    // Until the old process is gone and the new one serves.
+    let mut new = 0;
+    assert!(eventually(Duration::from_secs(20), || {
+        let s = status(&root, "swap");
+        new = s.pid.unwrap_or(0);
+        s.state == State::Running && new != old && std::fs::metadata(format!("/proc/{old}")).is_err()
+    }), "the new process did not take over: {:?}", status(&root, "swap"));
+    // Some answers from the new process too, then stop asking.
+    assert!(eventually(Duration::from_secs(10), || ask_swappable(&sock) == Ok(new)));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answers = client.join().unwrap();
+    let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{} of {} requests failed during the overlapping restart: {:?}", failed.len(), answers.len(), &failed[..failed.len().min(5)]);
+    let pids: Vec<i32> = answers.iter().filter_map(|a| a.as_ref().ok().copied()).collect();
+    assert!(pids.contains(&old) || pids.contains(&new), "{pids:?}");
+    assert!(pids.iter().all(|&p| p == old || p == new), "answers from a third process: {pids:?}");
+    // Old before new, never back: the switch happened once.
+    let first_new = pids.iter().position(|&p| p == new).unwrap_or(pids.len());
+    assert!(pids[first_new..].iter().all(|&p| p == new), "the old process answered after the new one: {pids:?}");
+    let s = status(&root, "swap");
+    assert_eq!(s.restarts, 1, "{s:?}");
+
+    // A new process that fails before it is ready: the running one goes on, untouched.
+    std::fs::write(root.path().join("fail-next"), "").unwrap();
+    assert!(control(&root, "{\"cmd\":\"restart\",\"name\":\"swap\"}").ok);
+    assert!(eventually(Duration::from_secs(10), || !root.path().join("fail-next").exists() && status(&root, "swap").last_exit.as_deref() == Some("exit code 7")),
+        "the failing successor was not seen: {:?}", status(&root, "swap"));
+    let s = status(&root, "swap");
+    assert_eq!((s.state, s.pid, s.restarts), (State::Running, Some(new), 1), "{s:?}");
+    assert_eq!(ask_swappable(&sock), Ok(new));
+    let logs = control(&root, "{\"cmd\":\"logs\",\"name\":\"swap\"}");
+    assert!(logs.ok);
+
+    // Bad input: overlap without notify readiness is refused, naming the key.
+    root.service("nope", "exec = [\"/bin/sleep\", \"1000\"]\noverlap = true\n");
+    let r = control(&root, "{\"cmd\":\"reload\"}");
+    let errors = r.reload.unwrap().errors;
+    assert!(errors.iter().any(|e| e.contains("nope") && e.contains("overlap") && e.contains("ready = \"notify\"")), "{errors:?}");
+}

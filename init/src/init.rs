@@ -337,6 +337,13 @@ impl Init {
             }
         }
         for (pid, text) in batch {
+            let successor = self.supervisor.find_overlap(pid).or_else(|| self.supervisor.find_overlap(crate::notify::process_group(pid)?));
+            if let Some(i) = successor {
+                let mut notes = Vec::new();
+                self.supervisor.successor_notify(i, &text, &mut self.os, Instant::now(), &mut notes);
+                self.publish_notes(notes);
+                continue;
+            }
             let who = self.supervisor.find_pid(pid).or_else(|| {
                 let group = crate::notify::process_group(pid)?;
                 self.supervisor.find_pid(group)
@@ -529,6 +536,11 @@ impl Init {
     /// Reaps every ended child. Orphans cost one waitpid and a counter, no allocation.
     pub fn reap(&mut self) {
         while let Some((pid, exit)) = reactor::reap_one() {
+            let mut notes = Vec::new();
+            if self.supervisor.overlap_exited(pid, exit, &mut self.os, Instant::now(), &mut notes) {
+                self.publish_notes(notes);
+                continue;
+            }
             if self.supervisor.find_pid(pid).is_some() {
                 let mut notes = Vec::new();
                 self.supervisor.child_exited(pid, exit, &mut self.os, Instant::now(), &mut notes);

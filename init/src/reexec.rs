@@ -201,6 +201,9 @@ impl Init {
         if self.reexec.pending.is_some() || self.reexec.go.is_some() {
             return Err("a re-execution is already under way".into());
         }
+        if let Some(name) = self.supervisor.overlapping() {
+            return Err(format!("service {name} is being replaced (its old and new process overlap); try again once it is done"));
+        }
         let binary = match binary {
             Some(b) => PathBuf::from(b),
             None => {
@@ -307,6 +310,9 @@ impl Init {
                 c.reply(client, &Reply::error(why));
             }
         };
+        if let Some(name) = self.supervisor.overlapping() {
+            return fail(self, format!("service {name} began an overlapping restart meanwhile; try again once it is done"));
+        }
         // The previous program, open, for a new one that fails its checks.
         let exe = CString::new("/proc/self/exe").unwrap_or_default();
         // SAFETY: open(2) of a valid path; not close-on-exec on purpose.

@@ -89,6 +89,11 @@ pub struct ServiceFile {
     pub terminal: Option<String>,
     /// With `terminal`: where stderr goes, `terminal` (the default) or `log`.
     pub stderr: Option<String>,
+    /// `restart` starts the new process beside the running one and stops the old one only
+    /// once the new one is ready (sd_notify READY=1): no moment without a ready process, for
+    /// services that can run twice at once (a listener moved by rename, SO_REUSEPORT).
+    #[serde(default)]
+    pub overlap: bool,
 }
 
 impl ServiceFile {
@@ -144,6 +149,9 @@ impl ServiceFile {
             if kinds != 1 {
                 return bad("health", "needs exactly one of exec, tcp, http".into());
             }
+        }
+        if s.overlap && s.ready != "notify" {
+            return bad("overlap", format!("needs ready = \"notify\" (the new process says when it is ready), not `{}`", s.ready));
         }
         if s.ready == "health" && s.health.is_none() {
             return bad("ready", "`health` needs a `health` probe".into());

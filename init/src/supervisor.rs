@@ -135,7 +135,36 @@ pub struct Service {
     /// Ever became ready since its last start (boot waits on critical services for this).
     pub ever_ready: bool,
     pub start_failed: Option<String>,
+    /// A restart with `overlap = true` under way: the second process of the service.
+    pub overlap: Option<Overlap>,
 }
+
+/// The second process of a service during an overlapping restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    /// The new process, started beside the running one; not ready yet.
+    Successor { pid: i32, deadline: Instant },
+    /// The old process, asked to stop once its successor was ready.
+    Retiring { pid: i32, deadline: Instant, killed: bool },
+}
+
+impl Overlap {
+    pub fn pid(self) -> i32 {
+        match self {
+            Overlap::Successor { pid, .. } | Overlap::Retiring { pid, .. } => pid,
+        }
+    }
+
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Overlap::Successor { deadline, .. } | Overlap::Retiring { deadline, killed: false, .. } => Some(deadline),
+            Overlap::Retiring { .. } => None,
+        }
+    }
+}
+
+/// How long the new process of an overlapping restart has to become ready.
+pub const OVERLAP_READY: Duration = Duration::from_secs(30);
 
 /// Starts, signals and inspects processes; the real one forks, the test one pretends.
 pub trait Os {
@@ -331,6 +360,11 @@ impl Supervisor {
         let grace = self.services[i].spec.stop_timeout_s.map(Duration::from_secs).unwrap_or(self.stop_timeout);
         let svc = &mut self.services[i];
         let Some(pid) = svc.state.pid() else { return };
+        // A new process not ready yet goes at once; its exit is then no one's.
+        if let Some(Overlap::Successor { pid: new, .. }) = svc.overlap {
+            os.signal(svc, new, libc::SIGKILL);
+            svc.overlap = None;
+        }
         let sig = signal_number(&svc.spec.stop_signal).unwrap_or(libc::SIGTERM);
         os.signal(svc, pid, sig);
         // A stopped (SIGSTOP) process must wake up to see its stop signal.
@@ -405,6 +439,13 @@ impl Supervisor {
                     svc.stop = Some(AfterStop::Stay);
                 }
             }
+            State::Running { .. } if matches!(svc.overlap, Some(Overlap::Successor { .. })) => {
+                // The old process ended while its successor starts: the successor is the
+                // service now, and becomes ready as any new process does.
+                let Some(Overlap::Successor { pid: new, .. }) = svc.overlap.take() else { return Some(i) };
+                notes.push(note(proto::EventKind::Exited, svc, Some(pid), format!("{what}; pid {new}, started to replace it, takes over")));
+                svc.state = State::Starting { pid: new, since: now };
+            }
             State::Starting { since, .. } | State::Running { since, .. } => {
                 os.kill_all(svc, pid);
                 notes.push(note(proto::EventKind::Exited, svc, Some(pid), what.clone()));
@@ -462,6 +503,7 @@ impl Supervisor {
     pub fn tick(&mut self, os: &mut dyn Os, now: Instant, notes: &mut Vec<Note>) -> Vec<ProbeRequest> {
         let mut probes = Vec::new();
         for i in 0..self.services.len() {
+            self.overlap_tick(i, os, now, notes);
             let svc = &mut self.services[i];
             match svc.state {
                 State::Backoff { until } if until <= now => {
@@ -600,6 +642,78 @@ impl Supervisor {
         self.advance(os, now, notes);
     }
 
+    /// The service whose overlapping restart involves `pid` (its new or its old process).
+    pub fn find_overlap(&self, pid: i32) -> Option<usize> {
+        self.services.iter().position(|s| s.overlap.is_some_and(|o| o.pid() == pid))
+    }
+
+    /// Whether an overlapping restart is under way anywhere (a re-exec waits for its end).
+    pub fn overlapping(&self) -> Option<&str> {
+        self.services.iter().find(|s| s.overlap.is_some()).map(|s| s.name.as_str())
+    }
+
+    /// A message from the new process of an overlapping restart: READY=1 makes it the
+    /// service's process and asks the old one to stop.
+    pub fn successor_notify(&mut self, i: usize, msg: &str, os: &mut dyn Os, now: Instant, notes: &mut Vec<Note>) {
+        let grace = self.services[i].spec.stop_timeout_s.map(Duration::from_secs).unwrap_or(self.stop_timeout);
+        let svc = &mut self.services[i];
+        let (Some(Overlap::Successor { pid: new, .. }), State::Running { pid: old, .. }) = (svc.overlap, svc.state.clone()) else { return };
+        if !msg.lines().any(|l| l == "READY=1") {
+            return;
+        }
+        svc.state = State::Running { pid: new, since: now };
+        svc.restarts += 1;
+        svc.health = HealthState { status: svc.health.status, failures: 0, next: svc.spec.health.as_ref().map(|h| now + Duration::from_secs(h.interval_s)), in_flight: false };
+        svc.watchdog_deadline = (svc.spec.watchdog_s > 0).then(|| now + Duration::from_secs(svc.spec.watchdog_s));
+        notes.push(note(proto::EventKind::Ready, svc, Some(new), format!("replaces pid {old}")));
+        let sig = signal_number(&svc.spec.stop_signal).unwrap_or(libc::SIGTERM);
+        os.signal(svc, old, sig);
+        os.signal(svc, old, libc::SIGCONT);
+        svc.overlap = Some(Overlap::Retiring { pid: old, deadline: now + grace, killed: false });
+        notes.push(note(proto::EventKind::Stopping, svc, Some(old), format!("replaced by pid {new}: signal {sig}, {} ms to stop", grace.as_millis())));
+    }
+
+    /// A process of an overlapping restart ended; false when `pid` is none of those.
+    pub fn overlap_exited(&mut self, pid: i32, exit: Exit, os: &mut dyn Os, now: Instant, notes: &mut Vec<Note>) -> bool {
+        let Some(i) = self.find_overlap(pid) else { return false };
+        let svc = &mut self.services[i];
+        match svc.overlap.take() {
+            Some(Overlap::Successor { .. }) => {
+                // What it left in its own process group goes with it; the old one is untouched.
+                os.signal(svc, pid, libc::SIGKILL);
+                let old = svc.state.pid().map(|p| format!("; pid {p} goes on")).unwrap_or_default();
+                svc.last_exit = Some(exit.to_string());
+                notes.push(note(proto::EventKind::Exited, svc, Some(pid), format!("the new process ended before it was ready ({exit}){old}")));
+            }
+            Some(Overlap::Retiring { .. }) => {
+                os.signal(svc, pid, libc::SIGKILL);
+                notes.push(note(proto::EventKind::Stopped, svc, Some(pid), format!("replaced ({exit})")));
+            }
+            None => {}
+        }
+        self.advance(os, now, notes);
+        true
+    }
+
+    /// Deadlines of overlapping restarts: a new process never ready is killed (the old one
+    /// goes on), an old one that does not stop is killed.
+    fn overlap_tick(&mut self, i: usize, os: &mut dyn Os, now: Instant, notes: &mut Vec<Note>) {
+        let svc = &mut self.services[i];
+        match svc.overlap {
+            Some(Overlap::Successor { pid, deadline }) if deadline <= now => {
+                os.signal(svc, pid, libc::SIGKILL);
+                svc.overlap = None;
+                notes.push(note(proto::EventKind::Exited, svc, Some(pid), format!("the new process was not ready within {} s; killed, the old one goes on", OVERLAP_READY.as_secs())));
+            }
+            Some(Overlap::Retiring { pid, deadline, killed: false }) if deadline <= now => {
+                os.signal(svc, pid, libc::SIGKILL);
+                svc.overlap = Some(Overlap::Retiring { pid, deadline, killed: true });
+                notes.push(note(proto::EventKind::Stopping, svc, Some(pid), "the replaced process did not stop in time; killed"));
+            }
+            _ => {}
+        }
+    }
+
     /// The service wrote its readiness newline (`ready = "fd:N"`).
     pub fn ready_fd(&mut self, id: u32, os: &mut dyn Os, now: Instant, notes: &mut Vec<Note>) {
         if let Some(i) = self.by_id(id) {
@@ -650,6 +764,21 @@ impl Supervisor {
         let i = self.index_of(name).ok_or_else(|| format!("no service named `{name}`"))?;
         if !self.services[i].state.is_up() {
             return self.start_service(name, os, now, notes);
+        }
+        if let (true, State::Running { pid: old, .. }, None, None) = (self.services[i].spec.overlap, &self.services[i].state, &self.services[i].overlap, self.services[i].stop) {
+            let old = *old;
+            let svc = &mut self.services[i];
+            match os.spawn(svc) {
+                Ok(pid) => {
+                    svc.overlap = Some(Overlap::Successor { pid, deadline: now + OVERLAP_READY });
+                    notes.push(note(proto::EventKind::Starting, svc, Some(pid), format!("beside pid {old}, which stops once this one is ready")));
+                    return Ok(());
+                }
+                Err(why) => {
+                    notes.push(note(proto::EventKind::Exited, svc, None, format!("the new process failed to start ({why}); pid {old} goes on")));
+                    return Err(format!("{name}: the new process failed to start: {why}; pid {old} goes on"));
+                }
+            }
         }
         self.services[i].wanted = true;
         self.services[i].consecutive_failures = 0;
@@ -745,7 +874,7 @@ impl Supervisor {
                     State::Stopping { deadline, killed: false, .. } => Some(deadline),
                     _ => None,
                 };
-                [state, s.ready_next.filter(|_| !s.ready_in_flight), s.health.next.filter(|_| !s.health.in_flight), s.watchdog_deadline]
+                [state, s.ready_next.filter(|_| !s.ready_in_flight), s.health.next.filter(|_| !s.health.in_flight), s.watchdog_deadline, s.overlap.and_then(Overlap::deadline)]
             })
             .flatten()
             .min()
@@ -834,6 +963,7 @@ fn new_service(id: u32, name: String, spec: ServiceFile) -> Service {
         status_text: None,
         ever_ready: false,
         start_failed: None,
+        overlap: None,
     }
 }
 

@@ -1,8 +1,9 @@
-//! PID 1 benchmarks (issue 2): stripped size, resident memory at idle, and exec → `boot
-//! complete` in a PID namespace with 10 trivial services. Each figure is printed beside a
+//! PID 1 benchmarks (issues 2 and 8): stripped size, resident memory at idle, exec → `boot
+//! complete` in a PID namespace with 10 trivial services, and a re-execution of PID 1 with
+//! those 10 services running. Each figure is printed beside a
 //! baseline measured in the same run, as a ratio, for BENCHMARKS.md.
 //!
-//! Run: `CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release -p ghost-init
+//! Run: `CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release -p ghost-init -p ghostctl
 //! --target x86_64-unknown-linux-musl && cargo bench -p ghost-tests --bench pid1`
 
 use ghost_tests::measure::rss_kib;
@@ -83,6 +84,27 @@ fn main() {
     g.console.wait_for("boot complete", Duration::from_secs(10));
     let sleeper = g.processes().into_iter().find(|p| p.cmdline == "/bin/sleep 1000").expect("a service");
     let (rss, rss_sleep) = (rss_kib(g.pid), rss_kib(sleeper.pid));
+
+    // 4. Re-exec of PID 1 with the 10 services: PID 1's own clock (execve of the old program →
+    // the new one serving), and `ghostctl reexec` end to end (request → the new program
+    // answers), beside `ghostctl init` (one request from a fresh client) in the same run.
+    let ctl = |args: &[&str]| {
+        let t = Instant::now();
+        let out = Command::new(ghost_tests::bin("ghostctl")).arg("--socket").arg(root.path().join("run/ghost/control.sock")).args(args).output().expect("ghostctl");
+        assert!(out.status.success(), "ghostctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        (t.elapsed().as_secs_f64() * 1e3, String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let pids = || ghost_tests::control(&root, "{\"cmd\":\"status\"}").services.unwrap().into_iter().map(|s| s.pid).collect::<Vec<_>>();
+    let before = pids();
+    let (mut rx_inner, mut rx_wall, mut rx_base) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let (ms, out) = ctl(&["--json", "reexec"]);
+        let info: ghost_proto::InitInfo = serde_json::from_str(out.trim()).expect("reexec --json");
+        rx_inner.push(info.last_reexec.expect("report").took_us as f64 / 1e3);
+        rx_wall.push(ms);
+        rx_base.push(ctl(&["--json", "init"]).0);
+    }
+    assert_eq!(pids(), before, "every service kept its process through {RUNS} re-execs");
     g.signal(libc::SIGTERM);
     drop(g);
 
@@ -93,4 +115,7 @@ fn main() {
     println!("| resident memory at idle, 10 services | {rss} KiB | /bin/sleep {rss_sleep} KiB | {:.2} |", rss as f64 / rss_sleep as f64);
     println!("| exec → boot complete, 10 services (ghost-init's own clock), median of {RUNS} | {i:.2} ms | | |");
     println!("| spawn → `boot complete` line, 10 services, median of {RUNS} | {w:.2} ms | unshare + sh echo {b:.2} ms | {:.2} |", w / b);
+    let (ri, rw, rb) = (median(rx_inner), median(rx_wall), median(rx_base));
+    println!("| re-exec, 10 services kept (PID 1's own clock: execve → serving), median of {RUNS} | {ri:.2} ms | | |");
+    println!("| `ghostctl reexec` end to end (check, exec, the new program answering), median of {RUNS} | {rw:.2} ms | `ghostctl init` {rb:.2} ms | {:.2} |", rw / rb);
 }
