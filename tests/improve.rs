@@ -26,21 +26,32 @@ fn sandbox_possible() -> bool {
     true
 }
 
-/// A root with the sample unit described and seeded as generation 0.
-fn seeded(service: Option<u16>) -> Root {
+/// A root with the sample unit described (`extra` lines added to its unit file) and, with a
+/// port, its service.
+fn described(service: Option<u16>, extra: &str) -> Root {
     let root = Root::new();
     let units = root.path().join("etc/ghost/improve");
     std::fs::create_dir_all(&units).unwrap();
     let service_line = if service.is_some() { "service = \"sample\"\n" } else { "" };
     std::fs::write(
         units.join("sample.toml"),
-        format!("source = \"{}\"\nbinary = \"ghost-sample\"\nbench = \"ghost-sample-bench\"\n{service_line}min_gain = 0.2\nrounds = 6\nprobation_s = 3\n", workspace_root().join("improve/sample").display()),
+        format!("source = \"{}\"\nbinary = \"ghost-sample\"\nbench = \"ghost-sample-bench\"\n{service_line}min_gain = 0.2\nrounds = 6\nprobation_s = 3\n{extra}", workspace_root().join("improve/sample").display()),
     )
     .unwrap();
     if let Some(port) = service {
         let exe = root.path().join("var/lib/ghost/generations/sample/current/bin/ghost-sample");
         root.service("sample", &format!("exec = [\"{}\", \"{port}\"]\nready = \"tcp:{port}\"\nrestart = \"always\"\nrestart_delay_ms = 50\n", exe.display()));
     }
+    root
+}
+
+/// A root with the sample unit described and seeded as generation 0.
+fn seeded(service: Option<u16>) -> Root {
+    seeded_with(service, "")
+}
+
+fn seeded_with(service: Option<u16>, extra: &str) -> Root {
+    let root = described(service, extra);
     let (code, out, err) = improve(&root, &["seed", "sample"]);
     assert_eq!(code, 0, "seed: {out}{err}");
     assert!(out.contains("Seeded"), "{out}");
@@ -265,4 +276,117 @@ fn a_candidate_asked_of_the_model_router_is_judged_like_any_other() {
     assert_eq!((code, v["outcome"].as_str(), v["generation"].as_u64()), (0, Some("kept"), Some(1)), "{v}\n{err}");
     assert!(v["origin"].as_str().unwrap().starts_with("model:strategic:"), "{v}");
     assert_eq!(current(&root), "1");
+}
+
+/// A build host (musl target, no service) judges `faster` and `crashes` and exports generations
+/// 0, 1 and 2; a machine with a running ghost-init installs them: 0 seeds it, 1 is swapped in
+/// with a client answered all through, 2 crashes in probation and 1 comes back. Broken, foreign
+/// and dynamically linked bundles are refused before anything is written.
+#[test]
+fn bundles_verified_on_a_build_host_are_installed_swapped_and_rolled_back_on_the_machine() {
+    if !sandbox_possible() {
+        return;
+    }
+    let host = seeded_with(None, "target = \"x86_64-unknown-linux-musl\"\n");
+    // Both patches are against generation 0: `crashes` is judged first (kept: the build host
+    // runs no service), the operator puts 0 back, then `faster`.
+    for (p, gen) in [("crashes", 1), ("faster", 2)] {
+        let (code, v, err) = verdict(&host, &patch(p));
+        assert_eq!((code, v["outcome"].as_str(), v["generation"].as_u64()), (0, Some("kept"), Some(gen)), "{p}: {v}\n{err}");
+        assert!(v["limits"].as_str().is_some_and(|l| !l.is_empty()), "the verdict says what bounded the build: {v}");
+        let (code, out, err) = improve(&host, &["rollback", "sample"]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let bin = host.path().join("var/lib/ghost/generations/sample/2/bin/ghost-sample");
+    let elf = std::fs::read(&bin).unwrap();
+    assert!(ghost_improve::bundle::interpreter(&elf).is_none(), "a musl build is static");
+    let t = tempfile::tempdir().unwrap();
+    // Shipped in the order the machine installs them: the seed, the sieve, the crasher.
+    let bundle = |i: u64| t.path().join(format!("sample-{i}.bundle"));
+    for (i, g) in [(0, 0), (1, 2), (2, 1)] {
+        let (code, out, err) = improve(&host, &["export", "sample", &g.to_string(), "--to", bundle(i).to_str().unwrap()]);
+        assert_eq!(code, 0, "export {g}: {out}{err}");
+        assert!(out.contains(&format!("sample generation {g} (")), "{out}");
+    }
+    eprintln!("bundle sizes: {:?} bytes", (0..3).map(|g| std::fs::metadata(bundle(g)).unwrap().len()).collect::<Vec<_>>());
+
+    let port = free_port();
+    let machine = described(Some(port), "");
+    let _ghost = Ghost::start(&machine, Isolation::Subreaper, "");
+    wait_for_control(&machine, Duration::from_secs(10));
+    let gens = machine.path().join("var/lib/ghost/generations/sample");
+    let install = |file: &Path| {
+        let (code, out, err) = improve(&machine, &["install", "sample", file.to_str().unwrap(), "--json"]);
+        let v: Value = if code == 1 { Value::Null } else { serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}{err}")) };
+        (code, v, err)
+    };
+
+    // Refused before anything is written: corrupted, truncated, another unit's, dynamic.
+    let good = std::fs::read(bundle(1)).unwrap();
+    let bad = t.path().join("bad.bundle");
+    let mut flipped = good.clone();
+    let at = flipped.len() - 100;
+    flipped[at] ^= 0xff;
+    std::fs::write(&bad, &flipped).unwrap();
+    let (code, _, err) = install(&bad);
+    assert!(code == 1 && err.contains("bad.bundle: ") && err.contains("is corrupted: SHA-256"), "{code} {err}");
+    std::fs::write(&bad, &good[..good.len() / 2]).unwrap();
+    let (code, _, err) = install(&bad);
+    assert!(code == 1 && err.contains("bad.bundle: truncated: "), "{code} {err}");
+    std::fs::write(&bad, String::from_utf8_lossy(&good).replacen("\"unit\":\"sample\"", "\"unit\":\"other\"", 1).as_bytes()).unwrap();
+    let (code, _, err) = install(&bad);
+    assert!(code == 1 && err.contains("a bundle of unit \"other\", not of \"sample\""), "{code} {err}");
+    let glibc = seeded(None);
+    let (code, out, err) = improve(&glibc, &["export", "sample", "--to", bad.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = install(&bad);
+    assert!(code == 1 && err.contains("bin/ghost-sample is dynamically linked") && err.contains("the image has no dynamic loader"), "{code} {err}");
+    assert!(!gens.exists() || std::fs::read_dir(&gens).unwrap().next().is_none(), "a refused bundle wrote nothing");
+
+    // Generation 0 seeds the machine and its service comes up on it.
+    let (code, v, err) = install(&bundle(0));
+    assert_eq!((code, v["outcome"].as_str(), v["generation"].as_u64()), (0, Some("seeded"), Some(0)), "{v}\n{err}");
+    assert!(v["origin"].as_str().unwrap().starts_with("build-host:"), "{v}");
+    assert!(eventually(Duration::from_secs(20), || ask(port, 10_000).as_deref() == Some("1229")), "generation 0 answers");
+
+    // Generation 1 (the sieve) is swapped in while a client asks.
+    let stop = Arc::new(AtomicBool::new(false));
+    let wrong = Arc::new(Mutex::new(Vec::new()));
+    let client = {
+        let (stop, wrong) = (stop.clone(), wrong.clone());
+        std::thread::spawn(move || {
+            let mut answered = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match ask(port, 1_000).as_deref() {
+                    Some("168") => answered += 1,
+                    Some(other) => wrong.lock().unwrap().push(other.to_string()),
+                    None => {}
+                }
+            }
+            answered
+        })
+    };
+    let (code, v, err) = install(&bundle(1));
+    stop.store(true, Ordering::Relaxed);
+    let answered = client.join().unwrap();
+    assert_eq!((code, v["outcome"].as_str(), v["generation"].as_u64(), v["stage"].as_str()), (0, Some("kept"), Some(1), Some("probation")), "{v}\n{err}");
+    assert!(v["bench"]["gain"].as_f64().unwrap() > 0.2, "the build host's numbers travel with it: {v}");
+    assert!(wrong.lock().unwrap().is_empty() && answered > 0, "{:?}, {answered} answers", wrong.lock().unwrap());
+    assert_eq!(current(&machine), "1");
+    assert!(std::fs::read_to_string(gens.join("1/source/src/lib.rs")).unwrap().contains("sieve"));
+    assert!(gens.join("1/build-host-verdict.json").is_file());
+    eprintln!("install of generation 1: {} (seconds)", v["seconds"]);
+
+    // Generation 2 passed everything on the build host, but crashes here: rolled back.
+    let (code, v, err) = install(&bundle(2));
+    assert_eq!((code, v["outcome"].as_str(), v["stage"].as_str()), (4, Some("rolled-back"), Some("probation")), "{v}\n{err}");
+    assert!(v["reason"].as_str().unwrap().contains("died in probation") && v["reason"].as_str().unwrap().contains("generation 1 is back"), "{v}");
+    assert_eq!(current(&machine), "1");
+    assert!(eventually(Duration::from_secs(10), || ask(port, 10_000).as_deref() == Some("1229")));
+    let (_, out, _) = improve(&machine, &["history", "sample", "--json"]);
+    let outcomes: Vec<String> = out.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["outcome"].as_str().unwrap().to_string()).collect();
+    assert_eq!(outcomes, ["seeded", "kept", "rolled-back"]);
+    // A rolled-back generation does not ship on.
+    let (code, _, err) = improve(&machine, &["export", "sample", "2", "--to", bad.to_str().unwrap()]);
+    assert!(code == 1 && err.contains("only a verified generation (seeded or kept) is shipped"), "{code} {err}");
 }

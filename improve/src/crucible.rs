@@ -65,6 +65,9 @@ pub struct Verdict {
     pub bench: Option<Value>,
     /// Seconds per stage: build, tests, bench, swap (service down), probation, total.
     pub seconds: Value,
+    /// What bounded the build and the tests: cgroup limits, or the timeout only (and why).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub limits: String,
     pub unix_ms: u64,
 }
 
@@ -113,6 +116,8 @@ pub struct Crucible<'a> {
     pub supervisor: Option<&'a dyn Supervisor>,
     /// Progress lines (the CLI prints them; tests collect them).
     pub say: &'a dyn Fn(&str),
+    /// Where build cgroups go, or why there are none (looked up at the first build).
+    cgroups: std::sync::OnceLock<Result<PathBuf, String>>,
 }
 
 /// A built tree: where its binaries are.
@@ -124,7 +129,7 @@ struct Built {
 impl<'a> Crucible<'a> {
     pub fn new(unit: Unit, generations: &Path, supervisor: Option<&'a dyn Supervisor>, say: &'a dyn Fn(&str)) -> Crucible<'a> {
         let dir = generations.join(&unit.name);
-        Crucible { unit, dir, supervisor, say }
+        Crucible { unit, dir, supervisor, say, cgroups: std::sync::OnceLock::new() }
     }
 
     /// The generation `current` points at.
@@ -155,23 +160,89 @@ impl<'a> Crucible<'a> {
         Ok(())
     }
 
+    /// Where this machine puts build cgroups, or why it has none (found once per crucible; said
+    /// once).
+    fn cgroups(&self) -> &Result<PathBuf, String> {
+        self.cgroups.get_or_init(|| {
+            let found = crate::cgroup::locate_here();
+            (self.say)(&self.limits_note_of(&found));
+            found
+        })
+    }
+
+    fn limits_note_of(&self, found: &Result<PathBuf, String>) -> String {
+        match found {
+            Ok(parent) => format!(
+                "build and tests in cgroups of their own under {}: memory.max {} MiB, pids.max {}, killed with cgroup.kill at the deadline",
+                parent.display(),
+                self.unit.build_memory_max >> 20,
+                self.unit.build_pids_max
+            ),
+            Err(why) => format!("no cgroup v2 controllers here ({why}): the build is bounded by its timeout only"),
+        }
+    }
+
+    /// What bounds the build and the tests on this machine, in words (the verdict's `limits`).
+    pub fn limits_note(&self) -> String {
+        self.limits_note_of(self.cgroups())
+    }
+
+    /// `cargo SUBCOMMAND --release --offline [--target T] ARGS` in `tree`: sandboxed, bounded by
+    /// `timeout`, in a cgroup of its own with the unit's limits where the machine has cgroup v2.
+    fn cargo(&self, sub: &str, args: &[&str], tree: &Path, timeout: Duration, log: &Path) -> Result<run::Ended, String> {
+        let mut c = Command::new("cargo");
+        c.args([sub, "--release", "--offline", "--quiet"]).args(args).current_dir(tree);
+        if let Some(t) = &self.unit.target {
+            c.args(["--target", t]);
+        }
+        let tmp = tree.join("target/tmp");
+        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        c.env("CARGO_TARGET_DIR", tree.join("target")).env("TMPDIR", &tmp);
+        let sb = Sandbox { writable: vec![tree.to_path_buf()] };
+        let note = |line: &str| {
+            use std::io::Write;
+            let _ = std::fs::OpenOptions::new().create(true).append(true).open(log).and_then(|mut f| writeln!(f, "ghost improve: {line}"));
+        };
+        let cg = match self.cgroups() {
+            Ok(parent) => {
+                let name = format!("improve-{}-{}-{sub}", self.unit.name, std::process::id());
+                let cg = crate::cgroup::Cgroup::create(parent, &name, self.unit.build_memory_max, self.unit.build_pids_max)?;
+                note(&format!("cargo {sub} in cgroup {}: memory.max {} MiB, pids.max {}", cg.dir.display(), self.unit.build_memory_max >> 20, self.unit.build_pids_max));
+                Some(cg)
+            }
+            Err(_) => {
+                note(&self.limits_note());
+                None
+            }
+        };
+        let ran = run::run(c, timeout, Some(&sb), cg.as_ref(), log).map_err(|e| format!("cargo {sub}: {e}"));
+        if let Some(cg) = cg {
+            note(&format!("cgroup {}: {}", cg.dir.display(), cg.report()));
+            cg.remove();
+        }
+        Ok(ran?.0)
+    }
+
+    /// Where cargo puts release binaries: target/[TRIPLE/]release.
+    fn release_dir(&self, tree: &Path) -> PathBuf {
+        match &self.unit.target {
+            Some(t) => tree.join("target").join(t).join("release"),
+            None => tree.join("target/release"),
+        }
+    }
+
     /// Builds the crate in `tree` (release, offline, sandboxed, bounded).
     fn build(&self, tree: &Path, log: &Path) -> Result<Built, String> {
-        let mut c = Command::new("cargo");
-        c.args(["build", "--release", "--offline", "--bins", "--quiet"]).current_dir(tree);
-        c.env("CARGO_TARGET_DIR", tree.join("target")).env("TMPDIR", tree.join("target"));
-        std::fs::create_dir_all(tree.join("target")).map_err(io_err(tree))?;
-        let sb = Sandbox { writable: vec![tree.to_path_buf()] };
-        let (ended, _) = run::run(c, self.unit.build_timeout, Some(&sb), log).map_err(|e| format!("cargo: {e}"))?;
+        let ended = self.cargo("build", &["--bins"], tree, self.unit.build_timeout, log)?;
         if !ended.ok() {
             return Err(format!("does not build ({ended}): {}", run::tail(log, 8)));
         }
         let bin = |name: &str| {
-            let p = tree.join("target/release").join(name);
+            let p = self.release_dir(tree).join(name);
             if p.is_file() {
                 Ok(p)
             } else {
-                Err(format!("the build made no binary {name} (is it a [[bin]] of the crate?)"))
+                Err(format!("the build made no binary {name} in {} (is it a [[bin]] of the crate?)", self.release_dir(tree).display()))
             }
         };
         Ok(Built { binary: bin(&self.unit.binary)?, bench: bin(&self.unit.bench)? })
@@ -179,13 +250,7 @@ impl<'a> Crucible<'a> {
 
     /// Runs the crate's tests in `tree` in the sandbox.
     fn test(&self, tree: &Path, log: &Path) -> Result<(), String> {
-        let mut c = Command::new("cargo");
-        c.args(["test", "--release", "--offline", "--quiet"]).current_dir(tree);
-        let tmp = tree.join("target/tmp");
-        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        c.env("CARGO_TARGET_DIR", tree.join("target")).env("TMPDIR", &tmp);
-        let sb = Sandbox { writable: vec![tree.to_path_buf()] };
-        let (ended, _) = run::run(c, self.unit.test_timeout, Some(&sb), log).map_err(|e| format!("cargo: {e}"))?;
+        let ended = self.cargo("test", &[], tree, self.unit.test_timeout, log)?;
         if ended.ok() {
             Ok(())
         } else {
@@ -200,7 +265,7 @@ impl<'a> Crucible<'a> {
         let once = |bin: &Path| -> Result<f64, String> {
             let mut c = Command::new(bin);
             c.current_dir(scratch).env("TMPDIR", scratch);
-            let (ended, took) = run::run(c, self.unit.test_timeout, Some(&sb), log).map_err(|e| format!("{}: {e}", bin.display()))?;
+            let (ended, took) = run::run(c, self.unit.test_timeout, Some(&sb), None, log).map_err(|e| format!("{}: {e}", bin.display()))?;
             if !ended.ok() {
                 return Err(format!("the benchmark failed ({ended}) with {}: {}", bin.display(), run::tail(log, 4)));
             }
@@ -245,6 +310,7 @@ impl<'a> Crucible<'a> {
             generation: Some(0),
             bench: None,
             seconds: serde_json::json!({ "build": build_s, "total": t.elapsed().as_secs_f64() }),
+            limits: self.limits_note(),
             unix_ms: unix_ms(),
         };
         self.record(&v, Some(&gen))?;
@@ -293,6 +359,7 @@ impl<'a> Crucible<'a> {
             generation,
             bench: bench.map(|b| serde_json::to_value(b).unwrap_or(Value::Null)),
             seconds: Value::Object(seconds.clone()),
+            limits: if seconds.contains_key("build") { self.limits_note() } else { String::new() },
             unix_ms: unix_ms(),
         };
         let refuse = |stage, reason: String, bench: Option<&Comparison>, seconds: &mut serde_json::Map<String, Value>| -> Result<Verdict, String> {
@@ -358,24 +425,38 @@ impl<'a> Crucible<'a> {
         self.install_bins(&built, &work)?;
         let _ = std::fs::remove_dir_all(src.join("target"));
         std::fs::rename(&work, &gen).map_err(io_err(&gen))?;
+        let trouble = self.swap_in(n, Some(incumbent), &cmp.reason, &mut seconds)?;
+        seconds.insert("total".into(), t.elapsed().as_secs_f64().into());
+        let v = match trouble {
+            Some((stage, why)) => verdict(Outcome::RolledBack, stage, why, Some(n), Some(&cmp), &seconds),
+            None => {
+                (self.say)(&format!("kept generation {n}"));
+                verdict(Outcome::Kept, Stage::Probation, cmp.reason.clone(), Some(n), Some(&cmp), &seconds)
+            }
+        };
+        self.record(&v, Some(&gen))?;
+        Ok(v)
+    }
+
+    /// Puts generation `n` (already on disk) in place of `previous` (`None`: the machine had
+    /// none) and watches it: `current` switched atomically, the service restarted on it until it
+    /// runs as a new process, then `probation_s` in which a crash, a restart or any state but
+    /// running puts `previous` back. `Ok(None)`: it stays; `Ok(Some((stage, why)))`: it was
+    /// rolled back. Fills `seconds` (swap, probation, rollback). Both a judged candidate and an
+    /// installed bundle go through here.
+    fn swap_in(&self, n: u64, previous: Option<u64>, why_swapped: &str, seconds: &mut serde_json::Map<String, Value>) -> Result<Option<(Stage, String)>, String> {
         let s = Instant::now();
         self.point_current(n)?;
-        (self.say)(&format!("swapped: generation {n} ({})", cmp.reason));
+        (self.say)(&format!("swapped: generation {n} ({why_swapped})"));
         let mut before = None;
         if let (Some(sv), Some(service)) = (self.supervisor, &self.unit.service) {
             let old_pid = sv.status(service).ok().and_then(|(_, pid, _)| pid);
             match sv.restart(service).and_then(|()| self.wait_running(sv, service, old_pid)) {
                 Ok(st) => before = Some(st),
                 Err(e) => {
-                    self.point_current(incumbent)?;
-                    if let Err(e) = sv.restart(service) {
-                        (self.say)(&format!("WARNING: {service} could not be restarted on generation {incumbent}: {e}"));
-                    }
-                    seconds.insert("total".into(), t.elapsed().as_secs_f64().into());
-                    (self.say)(&format!("rolled back to generation {incumbent}: {e}"));
-                    let v = verdict(Outcome::RolledBack, Stage::Swap, format!("{service} did not come up on it: {e}; generation {incumbent} is back"), Some(n), Some(&cmp), &seconds);
-                    self.record(&v, Some(&gen))?;
-                    return Ok(v);
+                    seconds.insert("swap".into(), s.elapsed().as_secs_f64().into());
+                    let back = self.put_back(previous)?;
+                    return Ok(Some((Stage::Swap, format!("{service} did not come up on it: {e}; {back}"))));
                 }
             }
         }
@@ -385,26 +466,34 @@ impl<'a> Crucible<'a> {
         let s = Instant::now();
         let trouble = self.probation(before);
         seconds.insert("probation".into(), s.elapsed().as_secs_f64().into());
-        if let Some(why) = trouble {
-            let r = Instant::now();
-            self.point_current(incumbent)?;
-            if let (Some(sv), Some(service)) = (self.supervisor, &self.unit.service) {
-                if let Err(e) = sv.restart(service) {
-                    (self.say)(&format!("WARNING: {service} could not be restarted on generation {incumbent}: {e}"));
-                }
+        let Some(why) = trouble else { return Ok(None) };
+        let r = Instant::now();
+        let back = self.put_back(previous)?;
+        seconds.insert("rollback".into(), r.elapsed().as_secs_f64().into());
+        Ok(Some((Stage::Probation, format!("{why}; {back}"))))
+    }
+
+    /// After a failed swap: `current` back on `previous` (or removed, when there was none) and
+    /// the service restarted on it; says what is back.
+    fn put_back(&self, previous: Option<u64>) -> Result<String, String> {
+        let back = match previous {
+            Some(p) => {
+                self.point_current(p)?;
+                format!("generation {p} is back")
             }
-            seconds.insert("rollback".into(), r.elapsed().as_secs_f64().into());
-            seconds.insert("total".into(), t.elapsed().as_secs_f64().into());
-            (self.say)(&format!("rolled back to generation {incumbent}: {why}"));
-            let v = verdict(Outcome::RolledBack, Stage::Probation, format!("{why}; generation {incumbent} is back"), Some(n), Some(&cmp), &seconds);
-            self.record(&v, Some(&gen))?;
-            return Ok(v);
+            None => {
+                let cur = self.dir.join("current");
+                std::fs::remove_file(&cur).map_err(io_err(&cur))?;
+                "there was no earlier generation: `current` is removed".to_string()
+            }
+        };
+        if let (Some(sv), Some(service), Some(p)) = (self.supervisor, &self.unit.service, previous) {
+            if let Err(e) = sv.restart(service) {
+                (self.say)(&format!("WARNING: {service} could not be restarted on generation {p}: {e}"));
+            }
         }
-        seconds.insert("total".into(), t.elapsed().as_secs_f64().into());
-        let v = verdict(Outcome::Kept, Stage::Probation, cmp.reason.clone(), Some(n), Some(&cmp), &seconds);
-        (self.say)(&format!("kept generation {n}"));
-        self.record(&v, Some(&gen))?;
-        Ok(v)
+        (self.say)(&format!("rolled back: {back}"));
+        Ok(back)
     }
 
     /// After a restart: until the service runs again as a new process (at most 30 s).
@@ -451,6 +540,78 @@ impl<'a> Crucible<'a> {
         }
     }
 
+    /// Writes generation `gen` (default: the current one) to `to` as a bundle for a machine
+    /// without a toolchain; only a verified generation (seeded or kept) ships.
+    pub fn export(&self, gen: Option<u64>, to: &Path) -> Result<crate::bundle::Header, String> {
+        let Some(g) = gen.or_else(|| self.current()) else { return Err(format!("{} has no generation yet: run `ghost improve seed {}` first", self.unit.name, self.unit.name)) };
+        let dir = self.dir.join(g.to_string());
+        if !dir.is_dir() {
+            return Err(format!("{} has no generation {g} (in {})", self.unit.name, self.dir.display()));
+        }
+        let path = dir.join("verdict.json");
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let v: Verdict = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !matches!(v.outcome, Outcome::Kept | Outcome::Seeded) {
+            return Err(format!("generation {g} of {} was {:?} at {:?} ({}): only a verified generation (seeded or kept) is shipped", self.unit.name, v.outcome, v.stage, v.reason));
+        }
+        let h = crate::bundle::write(&self.unit.name, g, &dir, &v, to)?;
+        (self.say)(&format!("generation {g} of {} ({:?} here: {}) → {}: {} files", self.unit.name, v.outcome, v.reason, to.display(), h.files.len()));
+        Ok(h)
+    }
+
+    /// Installs a bundle a build host verified as the next generation (generation 0 on a machine
+    /// that has none) and swaps it in exactly as a judged candidate is: restart, probation,
+    /// rollback. Every check (unit, sizes, SHA-256, static binaries) passes before anything is
+    /// written.
+    pub fn install(&self, file: &Path) -> Result<Verdict, String> {
+        let t = Instant::now();
+        let b = crate::bundle::read(file, &self.unit.name)?;
+        for name in [&self.unit.binary, &self.unit.bench] {
+            if !b.header.files.iter().any(|f| f.path == format!("bin/{name}")) {
+                return Err(format!("{}: no bin/{name} in it, which the unit runs", file.display()));
+            }
+        }
+        let h = &b.header;
+        let previous = self.current();
+        let n = self.generations().last().map_or(0, |g| g + 1);
+        let tmp = self.dir.join(format!("{n}.new"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        b.unpack(&tmp)?;
+        let p = tmp.join("build-host-verdict.json");
+        std::fs::write(&p, serde_json::to_string_pretty(&h.verdict).unwrap_or_default() + "\n").map_err(io_err(&p))?;
+        let gen = self.dir.join(n.to_string());
+        std::fs::rename(&tmp, &gen).map_err(io_err(&gen))?;
+        let mut seconds = serde_json::Map::new();
+        seconds.insert("install".into(), t.elapsed().as_secs_f64().into());
+        let from = format!("generation {} verified on {} ({:?}: {})", h.generation, h.host, h.verdict.outcome, h.verdict.reason);
+        (self.say)(&format!("installing {} as generation {n}: {from}", file.display()));
+        let trouble = self.swap_in(n, previous, &from, &mut seconds)?;
+        seconds.insert("total".into(), t.elapsed().as_secs_f64().into());
+        let (outcome, stage, reason) = match trouble {
+            Some((stage, why)) => (Outcome::RolledBack, stage, why),
+            None if previous.is_none() => (Outcome::Seeded, Stage::Swap, format!("seeded from the build host: {from}")),
+            None => (Outcome::Kept, Stage::Probation, format!("{from}; it ran through {:.0} s of probation here", self.unit.probation.as_secs_f64())),
+        };
+        let v = Verdict {
+            unit: self.unit.name.clone(),
+            candidate: h.verdict.candidate.clone(),
+            origin: format!("build-host:{}", h.host),
+            outcome,
+            stage,
+            reason,
+            generation: Some(n),
+            bench: h.verdict.bench.clone(),
+            seconds: Value::Object(seconds),
+            limits: h.verdict.limits.clone(),
+            unix_ms: unix_ms(),
+        };
+        if outcome != Outcome::RolledBack {
+            (self.say)(&format!("kept generation {n}"));
+        }
+        self.record(&v, Some(&gen))?;
+        Ok(v)
+    }
+
     /// Puts the generation before the current one back (an operator's call).
     pub fn rollback(&self) -> Result<Verdict, String> {
         let Some(cur) = self.current() else { return Err(format!("{} has no generation yet", self.unit.name)) };
@@ -471,6 +632,7 @@ impl<'a> Crucible<'a> {
             generation: Some(prev),
             bench: None,
             seconds: serde_json::json!({}),
+            limits: String::new(),
             unix_ms: unix_ms(),
         };
         self.record(&v, None)?;

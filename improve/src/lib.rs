@@ -3,7 +3,9 @@
 //! measurably faster, watched through a probation window, and rolled back on its own when it
 //! misbehaves. The judge — tests, benchmark, manifest — is always the incumbent's.
 
+pub mod bundle;
 pub mod candidate;
+pub mod cgroup;
 pub mod crucible;
 pub mod patch;
 pub mod run;

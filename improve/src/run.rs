@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cgroup::Cgroup;
+
 /// How a command ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ended {
@@ -78,8 +80,24 @@ unsafe fn enter(writable: &[CString]) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs `cmd` with stdout and stderr appended to `log`, killing its process group at `timeout`.
-pub fn run(mut cmd: Command, timeout: Duration, sandbox: Option<&Sandbox>, log: &Path) -> io::Result<(Ended, Duration)> {
+/// In the child: moves itself into the cgroup whose `cgroup.procs` is `procs`.
+unsafe fn join_cgroup(procs: &CString) -> io::Result<()> {
+    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let wrote = libc::write(fd, b"0".as_ptr().cast(), 1);
+    let err = io::Error::last_os_error();
+    libc::close(fd);
+    if wrote != 1 {
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Runs `cmd` with stdout and stderr appended to `log`, killing its process group (and its
+/// cgroup, when it runs in one) at `timeout`.
+pub fn run(mut cmd: Command, timeout: Duration, sandbox: Option<&Sandbox>, cgroup: Option<&Cgroup>, log: &Path) -> io::Result<(Ended, Duration)> {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     cmd.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
     let writable: Vec<CString> = match sandbox {
@@ -87,8 +105,13 @@ pub fn run(mut cmd: Command, timeout: Duration, sandbox: Option<&Sandbox>, log: 
         None => Vec::new(),
     };
     let sandboxed = sandbox.is_some();
+    let procs = cgroup.map(|c| c.procs.clone());
     unsafe {
         cmd.pre_exec(move || {
+            // Into the cgroup first, so that everything it starts is counted and limited too.
+            if let Some(p) = &procs {
+                join_cgroup(p)?;
+            }
             // Its own process group, so that a timeout kills what it started too.
             if libc::setpgid(0, 0) < 0 {
                 return Err(io::Error::last_os_error());
@@ -107,8 +130,11 @@ pub fn run(mut cmd: Command, timeout: Duration, sandbox: Option<&Sandbox>, log: 
     loop {
         if let Some(status) = child.try_wait()? {
             use std::os::unix::process::ExitStatusExt;
-            // Whatever it left running in its group goes with it.
+            // Whatever it left running in its group (or its cgroup) goes with it.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
+            if let Some(cg) = cgroup {
+                cg.kill();
+            }
             let ended = match (status.code(), status.signal()) {
                 (Some(c), _) => Ended::Exited(c),
                 (None, Some(s)) => Ended::Signalled(s),
@@ -118,6 +144,9 @@ pub fn run(mut cmd: Command, timeout: Duration, sandbox: Option<&Sandbox>, log: 
         }
         let now = Instant::now();
         if now >= deadline {
+            if let Some(cg) = cgroup {
+                cg.kill();
+            }
             unsafe { libc::kill(-pid, libc::SIGKILL) };
             let _ = child.wait();
             return Ok((Ended::TimedOut, started.elapsed()));
@@ -167,10 +196,30 @@ mod tests {
         let log = t.path().join("log");
         let mut c = Command::new("sh");
         c.args(["-c", "sleep 30 & echo started; wait"]);
-        let (ended, took) = run(c, Duration::from_millis(300), None, &log).unwrap();
+        let (ended, took) = run(c, Duration::from_millis(300), None, None, &log).unwrap();
         assert_eq!(ended, Ended::TimedOut);
         assert!(took < Duration::from_secs(5), "{took:?}");
         assert!(std::fs::read_to_string(&log).unwrap().contains("started"));
+    }
+
+    #[test]
+    fn a_command_joins_its_cgroup_before_exec_and_the_cgroup_is_killed_at_the_deadline() {
+        // A directory that looks like a cgroup: the child writes "0" (itself) into cgroup.procs;
+        // at the deadline "1" goes into cgroup.kill.
+        let t = tempfile::tempdir().unwrap();
+        let cg = crate::cgroup::Cgroup::create(t.path(), "build", 1 << 30, 64).unwrap();
+        std::fs::write(cg.dir.join("cgroup.procs"), "").unwrap();
+        let log = t.path().join("log");
+        let mut c = Command::new("sh");
+        c.args(["-c", "echo started; sleep 30"]);
+        let (ended, _) = run(c, Duration::from_millis(300), None, Some(&cg), &log).unwrap();
+        assert_eq!(ended, Ended::TimedOut);
+        assert_eq!(std::fs::read_to_string(cg.dir.join("cgroup.procs")).unwrap(), "0");
+        assert_eq!(std::fs::read_to_string(cg.dir.join("cgroup.kill")).unwrap(), "1");
+        // A cgroup that cannot be joined: the command does not run outside it.
+        let gone = crate::cgroup::Cgroup { dir: t.path().join("gone"), procs: std::ffi::CString::new(t.path().join("gone/cgroup.procs").to_str().unwrap()).unwrap() };
+        let err = run(Command::new("true"), Duration::from_secs(5), None, Some(&gone), &log).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 
     #[test]
@@ -193,7 +242,7 @@ mod tests {
         );
         let mut c = Command::new("sh");
         c.args(["-c", &script]);
-        let (ended, _) = run(c, Duration::from_secs(20), Some(&sb), &log).unwrap();
+        let (ended, _) = run(c, Duration::from_secs(20), Some(&sb), None, &log).unwrap();
         let out = std::fs::read_to_string(&log).unwrap();
         assert!(ended.ok(), "{ended}: {out}");
         assert_eq!(std::fs::read_to_string(scratch.join("in")).unwrap(), "in\n");

@@ -12,6 +12,10 @@
 //! build_timeout_s = 600
 //! test_timeout_s = 300
 //! probation_s = 10                   # after a swap: a crash or failed health rolls back
+//! target = "x86_64-unknown-linux-musl" # build for this target triple (a static binary for the
+//!                                    # image); default: the build host's own
+//! build_memory_max = "2G"            # cgroup v2 memory.max of the build and the tests
+//! build_pids_max = 512               # cgroup v2 pids.max of the build and the tests
 //! ```
 //!
 //! Every key but `source`, `binary` and `bench` is optional; an unknown key or a bad value is an
@@ -34,6 +38,11 @@ pub struct Unit {
     pub build_timeout: Duration,
     pub test_timeout: Duration,
     pub probation: Duration,
+    /// `--target` of the build, tests and bench (binaries under target/TRIPLE/release).
+    pub target: Option<String>,
+    /// memory.max (bytes) and pids.max of the cgroup the build and tests run in, where there is one.
+    pub build_memory_max: u64,
+    pub build_pids_max: u64,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +58,31 @@ struct File {
     build_timeout_s: Option<u64>,
     test_timeout_s: Option<u64>,
     probation_s: Option<f64>,
+    target: Option<String>,
+    build_memory_max: Option<String>,
+    build_pids_max: Option<u64>,
+}
+
+pub const DEFAULT_BUILD_MEMORY_MAX: u64 = 2 << 30;
+pub const DEFAULT_BUILD_PIDS_MAX: u64 = 512;
+
+/// `512M`, `2G`, `1048576` (bytes; K, M, G, T are powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        (i, 'T' | 't') => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mul)
+}
+
+/// A target triple as rustc names them: ARCH-VENDOR-OS[-ENV], letters, digits, `_` and `.`.
+fn valid_triple(t: &str) -> bool {
+    let parts: Vec<&str> = t.split('-').collect();
+    (3..=4).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.'))
 }
 
 pub const DEFAULT_PROTECTED: [&str; 5] = ["tests", "benches", "Cargo.toml", "Cargo.lock", "build.rs"];
@@ -95,6 +129,20 @@ impl Unit {
         if let Some(p) = protected.iter().find(|p| p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == "..")) {
             return bad("protected", &format!("{p:?} is not a path inside the unit"));
         }
+        if let Some(t) = f.target.as_deref().filter(|t| !valid_triple(t)) {
+            return bad("target", &format!("{t:?} is not a target triple (like x86_64-unknown-linux-musl)"));
+        }
+        let build_memory_max = match f.build_memory_max.as_deref() {
+            None => DEFAULT_BUILD_MEMORY_MAX,
+            Some(v) => match parse_size(v) {
+                Some(b) if b >= 1 << 20 => b,
+                _ => return bad("build_memory_max", &format!("{v:?} is not a size of at least 1M (like \"2G\" or \"512M\")")),
+            },
+        };
+        let build_pids_max = f.build_pids_max.unwrap_or(DEFAULT_BUILD_PIDS_MAX);
+        if build_pids_max < 8 {
+            return bad("build_pids_max", "must be at least 8 (cargo and rustc need a few processes)");
+        }
         let secs = |key: &str, v: Option<u64>, default: u64| match v {
             Some(0) => Err(format!("{origin}: {key}: must be at least 1")),
             Some(n) => Ok(Duration::from_secs(n)),
@@ -112,6 +160,9 @@ impl Unit {
             build_timeout: secs("build_timeout_s", f.build_timeout_s, 600)?,
             test_timeout: secs("test_timeout_s", f.test_timeout_s, 300)?,
             probation: Duration::from_secs_f64(probation_s),
+            target: f.target,
+            build_memory_max,
+            build_pids_max,
         })
     }
 
@@ -132,6 +183,9 @@ mod tests {
         assert_eq!((u.min_gain, u.rounds, u.probation), (0.05, 10, Duration::from_secs(10)));
         assert!(u.is_protected("tests/primes.rs") && u.is_protected("Cargo.toml") && u.is_protected("benches"));
         assert!(!u.is_protected("src/lib.rs") && !u.is_protected("testsuite.rs"));
+        assert_eq!((u.target, u.build_memory_max, u.build_pids_max), (None, 2 << 30, 512));
+        let u = Unit::parse("s", "source = \"/s\"\nbinary = \"b\"\nbench = \"c\"\ntarget = \"x86_64-unknown-linux-musl\"\nbuild_memory_max = \"512M\"\nbuild_pids_max = 64\n", "s.toml").unwrap();
+        assert_eq!((u.target.as_deref(), u.build_memory_max, u.build_pids_max), (Some("x86_64-unknown-linux-musl"), 512 << 20, 64));
     }
 
     #[test]
@@ -143,6 +197,11 @@ mod tests {
             ("protected = [\"../x\"]\n", "u.toml: protected: \"../x\""),
             ("colour = 1\n", "unknown field `colour`"),
             ("build_timeout_s = 0\n", "u.toml: build_timeout_s: must be at least 1"),
+            ("target = \"musl\"\n", "u.toml: target: \"musl\" is not a target triple"),
+            ("target = \"x86_64-unknown-linux-musl --offline\"\n", "u.toml: target:"),
+            ("build_memory_max = \"lots\"\n", "u.toml: build_memory_max: \"lots\" is not a size"),
+            ("build_memory_max = \"100K\"\n", "u.toml: build_memory_max:"),
+            ("build_pids_max = 2\n", "u.toml: build_pids_max: must be at least 8"),
         ] {
             let e = Unit::parse("u", &format!("{base}{extra}"), "u.toml").unwrap_err();
             assert!(e.contains(want), "{extra}: {e}");

@@ -1,6 +1,7 @@
 //! `ghost improve`: the crucible from the command line (reference: improve/README.md).
 //!
-//! Units are described in `/etc/ghost/improve/UNIT.toml`; generations live under
+//! Units are described in `/etc/ghost/improve/UNIT.toml` (or the state partition's
+//! `/var/lib/ghost/etc/improve/UNIT.toml`, which overrides it); generations live under
 //! `/var/lib/ghost/generations/UNIT/`; proposals wait in `/var/lib/ghost/improve/proposals/UNIT/`.
 
 use std::path::PathBuf;
@@ -56,6 +57,25 @@ enum ImproveCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a verified generation (default: the current one) to one file for a machine
+    /// without a toolchain
+    Export {
+        unit: String,
+        generation: Option<u64>,
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
+    /// Verify a build host's bundle and swap it in as the next generation (restart, probation,
+    /// rollback as `run` does)
+    Install {
+        unit: String,
+        file: PathBuf,
+        /// Do not restart the service (install the binary and switch `current` only)
+        #[arg(long)]
+        no_service: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Put the previous good generation back
     Rollback {
         unit: String,
@@ -94,7 +114,12 @@ pub fn run(args: ImproveArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
     let units = root.path("/etc/ghost/improve");
     let generations = root.path("/var/lib/ghost/generations");
     let control = ControlSocket;
-    let load = |name: &str| Unit::load(&units, name).map_err(anyhow::Error::msg);
+    // The image's unit file, or the operator's copy on the state partition (/var/lib/ghost/etc/
+    // improve/UNIT.toml) where there is one: the overlay ghost-init reads services from too.
+    let load = |name: &str| {
+        let file = root.etc(&format!("improve/{name}.toml"));
+        Unit::load(file.parent().unwrap_or(&units), name).map_err(anyhow::Error::msg)
+    };
     match args.command {
         ImproveCommand::Seed { unit } => {
             let c = Crucible::new(load(&unit)?, &generations, None, &say);
@@ -128,8 +153,10 @@ pub fn run(args: ImproveArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
             let names: Vec<String> = match unit {
                 Some(u) => vec![u],
                 None => {
-                    let mut v: Vec<String> = std::fs::read_dir(&units).into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".toml").map(str::to_string)).collect();
+                    let overlay = root.path("/var/lib/ghost/etc/improve");
+                    let mut v: Vec<String> = [&units, &overlay].iter().flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten()).filter_map(|e| e.file_name().to_str()?.strip_suffix(".toml").map(str::to_string)).collect();
                     v.sort();
+                    v.dedup();
                     v
                 }
             };
@@ -163,6 +190,22 @@ pub fn run(args: ImproveArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
                 show(&v, json);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        ImproveCommand::Export { unit, generation, to } => {
+            let c = Crucible::new(load(&unit)?, &generations, None, &say);
+            let h = c.export(generation, &to).map_err(anyhow::Error::msg)?;
+            let bytes: u64 = h.files.iter().map(|f| f.size).sum();
+            println!("{unit} generation {} ({:?} on {}) → {}: {} files, {bytes} bytes", h.generation, h.verdict.outcome, h.host, to.display(), h.files.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        ImproveCommand::Install { unit, file, no_service, json } => {
+            let u = load(&unit)?;
+            let sv: Option<&dyn Supervisor> = if no_service || u.service.is_none() { None } else { Some(&control) };
+            let c = Crucible::new(u, &generations, sv, &say);
+            let v = c.install(&file).map_err(anyhow::Error::msg)?;
+            print_verdict(&v, json);
+            // As `run`: 0 kept (or seeded), 4 rolled back, 1 an error (nothing installed).
+            Ok(if v.outcome == Outcome::RolledBack { ExitCode::from(4) } else { ExitCode::SUCCESS })
         }
         ImproveCommand::Rollback { unit, json } => {
             let u = load(&unit)?;
