@@ -341,3 +341,40 @@ pub fn wait_for_control(root: &Root, timeout: Duration) {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// A service that may run twice at once: it listens on a fresh Unix socket, renames it over
+/// the served path (connections from then on reach it), says READY=1, and on SIGTERM serves
+/// what already waits on its old socket and exits. Each answer is its pid. With the file
+/// `fail-next` beside the path, it exits at once instead (and removes the file).
+pub const SWAPPABLE: &str = r#"
+import os, signal, socket, sys
+path = sys.argv[1]
+flag = os.path.join(os.path.dirname(path), "fail-next")
+if os.path.exists(flag):
+    os.remove(flag)
+    sys.exit(7)
+tmp = "%s.%d" % (path, os.getpid())
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(tmp)
+s.listen(128)
+os.rename(tmp, path)
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+signal.signal(signal.SIGTERM, lambda *_: s.setblocking(False))
+while True:
+    try:
+        c, _ = s.accept()
+    except BlockingIOError:
+        break
+    c.sendall(b"%d\n" % os.getpid())
+    c.close()
+"#;
+
+/// Asks the swappable service once: its pid, or the error.
+pub fn ask_swappable(path: &std::path::Path) -> Result<i32, String> {
+    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut line = String::new();
+    s.read_to_string(&mut line).map_err(|e| format!("read: {e}"))?;
+    line.trim().parse().map_err(|_| format!("answer {line:?}"))
+}

@@ -3,7 +3,7 @@
 //! daemons from Debian's packages (redis-server, nginx) killed and coming back serving.
 
 use ghost_proto::{EventKind, State};
-use ghost_tests::{control, eventually, free_port, status, wait_for_control, Ghost, Isolation, Root};
+use ghost_tests::{ask_swappable, control, eventually, free_port, status, wait_for_control, Ghost, Isolation, Root, SWAPPABLE};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -602,43 +602,6 @@ fn a_service_with_a_terminal_runs_on_it_as_its_controlling_tty() {
     assert_ne!(status(&root, "nowhere").state, State::Running);
     g.signal(libc::SIGTERM);
     assert!(g.wait_exit(Duration::from_secs(10)).unwrap().success());
-}
-
-/// A service that may run twice at once: it listens on a fresh Unix socket, renames it over
-/// the served path (connections from then on reach it), says READY=1, and on SIGTERM serves
-/// what already waits on its old socket and exits. Each answer is its pid. With the file
-/// `fail-next` beside the path, it exits at once instead (and removes the file).
-const SWAPPABLE: &str = r#"
-import os, signal, socket, sys
-path = sys.argv[1]
-flag = os.path.join(os.path.dirname(path), "fail-next")
-if os.path.exists(flag):
-    os.remove(flag)
-    sys.exit(7)
-tmp = "%s.%d" % (path, os.getpid())
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(tmp)
-s.listen(128)
-os.rename(tmp, path)
-n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
-signal.signal(signal.SIGTERM, lambda *_: s.setblocking(False))
-while True:
-    try:
-        c, _ = s.accept()
-    except BlockingIOError:
-        break
-    c.sendall(b"%d\n" % os.getpid())
-    c.close()
-"#;
-
-/// Asks the swappable service once: its pid, or the error.
-fn ask_swappable(path: &std::path::Path) -> Result<i32, String> {
-    let mut s = UnixStream::connect(path).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut line = String::new();
-    s.read_to_string(&mut line).map_err(|e| format!("read: {e}"))?;
-    line.trim().parse().map_err(|_| format!("answer {line:?}"))
 }
 
 #[test]

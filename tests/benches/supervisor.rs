@@ -1,7 +1,8 @@
 //! Supervisor benchmarks (issue 3), each beside a baseline measured in the same run:
 //! restart latency (kill → the new process running) over many restarts, PID 1 CPU and memory
 //! at idle with 50 services and 1 s probes on 20 of them, and log throughput with the status
-//! reply latency under a flood.
+//! reply latency under a flood, and the longest gap a client sees while a service is
+//! restarted with `overlap = true` (issue 8) beside the same restart without it.
 //!
 //! Run: `CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release -p ghost-init --target
 //! x86_64-unknown-linux-musl && cargo bench -p ghost-tests --bench supervisor`
@@ -26,6 +27,44 @@ fn last_line(path: &std::path::Path) -> Option<(i32, u128)> {
     let l = complete.lines().last()?;
     let (p, t) = l.split_once(' ')?;
     Some((p.parse().ok()?, t.parse().ok()?))
+}
+
+/// Restarts of the swappable service (tests/lib.rs) with a client asking all the time:
+/// (longest gap between two answers in ms, failed requests, requests), over `n` restarts.
+fn swap_gaps(overlap: bool, n: usize) -> (f64, usize, usize) {
+    let root = Root::new();
+    let sock = root.path().join("swap.sock");
+    std::fs::write(root.path().join("swappable.py"), ghost_tests::SWAPPABLE).unwrap();
+    root.service("swap", &format!("exec = [\"/usr/bin/python3\", \"{}\", \"{}\"]\nready = \"notify\"\noverlap = {overlap}\n", root.path().join("swappable.py").display(), sock.display()));
+    let g = Ghost::start(&root, Isolation::Subreaper, "ghost.debug=1");
+    wait_for_control(&root, Duration::from_secs(10));
+    assert!(ghost_tests::eventually(Duration::from_secs(10), || status(&root, "swap").state == ghost_proto::State::Running));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (path, halt) = (sock.clone(), stop.clone());
+    let client = std::thread::spawn(move || {
+        let (mut last_ok, mut gap, mut failed, mut total) = (Instant::now(), Duration::ZERO, 0, 0);
+        while !halt.load(std::sync::atomic::Ordering::SeqCst) {
+            total += 1;
+            match ghost_tests::ask_swappable(&path) {
+                Ok(_) => {
+                    gap = gap.max(last_ok.elapsed());
+                    last_ok = Instant::now();
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        (gap.as_secs_f64() * 1e3, failed, total)
+    });
+    for i in 0..n {
+        let before = status(&root, "swap").pid;
+        assert!(control(&root, "{\"cmd\":\"restart\",\"name\":\"swap\"}").ok);
+        assert!(ghost_tests::eventually(Duration::from_secs(20), || {
+            let s = status(&root, "swap");
+            s.state == ghost_proto::State::Running && s.pid != before && before.is_some_and(|p| std::fs::metadata(format!("/proc/{p}")).is_err())
+        }), "restart {i} did not finish: {:?}\n{}", status(&root, "swap"), g.console.text());
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    client.join().unwrap()
 }
 
 /// Restart latency: kill -9 → the new process's first instruction, for a service that had
@@ -159,6 +198,8 @@ fn main() {
     let (cpu_probed, rss50) = idle(20, 10);
     let (lps, quiet, loud) = flood();
 
+    let (og, of, ot) = swap_gaps(true, 20);
+    let (pg, pf, pt) = swap_gaps(false, 20);
     println!("| measure | ghost-init | baseline (same run) | ratio | target |");
     println!("| --- | --- | --- | --- | --- |");
     println!("| restart latency p50, {RESTARTS} kill -9 → new process running | {p50:.2} ms | fork+exec by the bench itself {b50:.2} ms | {:.2} | |", p50 / b50);
@@ -166,5 +207,6 @@ fn main() {
     println!("| PID 1 CPU, 50 services, 1 s exec probes on 20, 10 s | {cpu_probed:.2} % of a core | no probes {cpu_quiet:.2} % | | ≤ 1 % |");
     println!("| PID 1 resident memory, 50 services | {} KiB | | | ≤ 3 MiB |", rss50);
     println!("| log lines captured per second from one `yes` | {lps:.0} | | | |");
+    println!("| 20 restarts of a notify service with `overlap = true`: longest gap between answers (failed / asked) | {og:.2} ms ({of} / {ot}) | the same restarts without overlap {pg:.2} ms ({pf} / {pt}) | {:.3} | 0 failed |", og / pg);
     println!("| status reply p50 / p99 during the flood | {:.2} / {:.2} ms | flood paused {:.2} / {:.2} ms | {:.2} (p99) | |", loud.0, loud.1, quiet.0, quiet.1, loud.1 / quiet.1);
 }
