@@ -16,8 +16,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Each boot is stopped after this long; a TCG disk boot takes about 8 s here.
-const BOOT_TIMEOUT_S: u64 = 60;
+/// Each boot is stopped after this long; a TCG disk boot takes about 8 s here, the shared guest
+/// boot (limits, the agent, snapshots, chat, the crucible's installs) about a minute.
+const BOOT_TIMEOUT_S: u64 = 90;
 const POWEROFF: &str = "ghost.poweroff_after_ready=1";
 
 fn repo_root() -> PathBuf {
@@ -508,6 +509,12 @@ fn image_carries_a_rescue_shell_ghost_ghostctl_and_the_model_service() {
     assert!(entry("etc/ghost/services/agent.toml").starts_with("-rw-r--r--"));
     assert!(entry("etc/ghost/rules/sentinel.toml").starts_with("-rw-r--r--"));
     assert!(entry("etc/ghost/constitution.toml").starts_with("-rw-r--r--"));
+    // The crucible's sample unit: its sources (not its build outputs) and its unit file.
+    assert!(entry("etc/ghost/improve/sample.toml").starts_with("-rw-r--r--"));
+    for f in ["Cargo.toml", "Cargo.lock", "src/lib.rs", "src/main.rs", "benches/bench.rs", "tests/primes.rs"] {
+        assert!(entry(&format!("usr/src/ghost/sample/{f}")).starts_with("-rw-r--r--"), "{f}");
+    }
+    assert!(!listing.contains("usr/src/ghost/sample/target"), "build outputs in the image:\n{listing}");
     assert!(entry("bin").ends_with("bin -> usr/bin"));
     for applet in ["sh", "ls", "cat", "ps", "mount", "sleep", "kill", "ip"] {
         assert!(
@@ -588,6 +595,40 @@ fetch_done() { [ -n "$(get fetch last_exit)" ]; }
 wait_for fetch_done
 say "fetch: $(get fetch last_exit)"
 
+# The crucible in the booted image (no toolchain here): generations a build host verified,
+# fetched from the host's loopback, installed with ghostctl improve (which hands over to ghost).
+if [ -f /var/lib/ghost/improve-url ]; then
+    url=$(cat /var/lib/ghost/improve-url)
+    for i in 0 1 2; do busybox wget -q -O /tmp/sample-$i.bundle "$url/sample-$i.bundle" || say "improve: cannot fetch sample-$i.bundle"; done
+    say "improve: fetched $(wc -c /tmp/sample-*.bundle | tail -1)"
+    field() { grep -o "\"$1\":\"[^\"]*\"" /tmp/imp.json | head -1 | cut -d'"' -f4; }
+    num() { grep -o "\"$1\":[0-9.]*" /tmp/imp.json | head -1 | cut -d: -f2; }
+    install() {
+        ghostctl improve install sample "$1" --json > /tmp/imp.json 2> /tmp/imp.err
+        code=$?
+        say "improve: install $(basename $1): exit $code, $(field outcome) at $(field stage), generation $(num generation), origin $(field origin), swap $(num swap) s, total $(num total) s, reason $(field reason)"
+        [ $code = 1 ] && say "improve: error: $(tr '\n' ' ' < /tmp/imp.err)"
+    }
+    ask() { echo "$1" | busybox nc 127.0.0.1 7070 2>/dev/null; }
+    current() { readlink /var/lib/ghost/generations/sample/current; }
+    install /tmp/sample-0.bundle
+    answers() { [ "$(ask 10000)" = 1229 ]; }
+    wait_for answers
+    say "improve: generation $(current) answers 10000 with $(ask 10000)"
+    # A client asks all through the swap to generation 1; every answer must be right.
+    rm -f /tmp/answers /tmp/stop
+    ( while [ ! -f /tmp/stop ]; do a=$(ask 1000); echo "${a:-none}" >> /tmp/answers; done ) &
+    client=$!
+    install /tmp/sample-1.bundle
+    touch /tmp/stop
+    wait $client
+    say "improve: the client during the swap:" $(sort /tmp/answers | uniq -c)
+    say "improve: generation $(current) answers 10000 with $(ask 10000)"
+    install /tmp/sample-2.bundle
+    wait_for answers
+    say "improve: after the crash: generation $(current) answers 10000 with $(ask 10000)"
+fi
+
 hog_oom() { [ "$(get hog last_exit)" = oom ]; }
 wait_for hog_oom
 say "hog: last exit oom, memory.max $(cat $cg/hog/memory.max)"
@@ -642,6 +683,19 @@ fn guest_boot() -> Option<&'static str> {
         );
         let mut files: Vec<(&str, &str)> = GUEST_SERVICES.to_vec();
         files.push(("etc/services/fetch.toml", &fetch));
+        // The crucible's build host, before the boot: the sample judged here for musl, its
+        // generations served to the guest, which installs them (the conductor's `improve:`).
+        let crucible = CRUCIBLE.get_or_init(|| build_host_bundles(&dir.path().join("build-host")));
+        let url = match crucible {
+            Ok((bundles, _)) => Some(format!("http://10.0.2.2:{}", serve_files_on_loopback(bundles.clone()))),
+            Err(why) => {
+                eprintln!("vm: the guest boot installs no crucible bundles: {why}");
+                None
+            }
+        };
+        if let Some(url) = &url {
+            files.extend([("improve-url", url.as_str()), ("etc/improve/sample.toml", CRUCIBLE_UNIT), ("etc/services/sample.toml", SAMPLE_SERVICE)]);
+        }
         write_state_files(&disk, &files, dir.path());
         GUEST_TOKEN.get_or_init(|| token);
         // The headless port (ttyS1): qemu/run puts it on a Unix socket beside the disk.
@@ -778,6 +832,98 @@ fn serve_token_on_loopback() -> (u16, String) {
         }
     });
     (port, format!("token-{token}"))
+}
+
+/// An HTTP server on 127.0.0.1 that answers `GET /NAME` with the file NAME of `files` (404
+/// otherwise) for as long as the test process lives; returns its port.
+fn serve_files_on_loopback(files: Vec<(String, Vec<u8>)>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            use std::io::{BufRead, Write};
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(&conn).read_line(&mut line);
+            let name = line.split_whitespace().nth(1).unwrap_or("").trim_start_matches('/');
+            let mut conn = conn;
+            match files.iter().find(|(n, _)| n == name) {
+                Some((_, body)) => {
+                    let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    let _ = conn.write_all(body);
+                }
+                None => {
+                    let _ = write!(conn, "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                }
+            }
+        }
+    });
+    port
+}
+
+/// The guest's unit: the image's sample.toml with a short probation (on the state partition's
+/// overlay, which takes the image's place).
+const CRUCIBLE_UNIT: &str = "source = \"/usr/src/ghost/sample\"\nbinary = \"ghost-sample\"\nbench = \"ghost-sample-bench\"\nservice = \"sample\"\ntarget = \"x86_64-unknown-linux-musl\"\nprobation_s = 2\n";
+
+/// The service on the current generation; until the first is installed it waits for it (so
+/// that nothing crash-loops before the conductor installs generation 0).
+const SAMPLE_SERVICE: &str = "exec = [\"/bin/busybox\", \"sh\", \"-c\", \"until [ -x /var/lib/ghost/generations/sample/current/bin/ghost-sample ]; do /bin/busybox sleep 0.1; done; exec /var/lib/ghost/generations/sample/current/bin/ghost-sample 7070\"]\nrestart = \"always\"\nrestart_delay_ms = 100\n";
+
+/// The build host's bundles (sample-0: the seed, sample-1: the sieve, sample-2: the crasher)
+/// and its verdicts, or why there are none.
+static CRUCIBLE: OnceLock<Result<(Vec<(String, Vec<u8>)>, Vec<serde_json::Value>), String>> = OnceLock::new();
+
+/// The crucible on this machine as a build host: the sample (musl, static) seeded, `crashes`
+/// judged (kept: no service runs here), generation 0 put back, `faster` judged, and
+/// generations 0, 2 and 1 exported, with the image's own `ghost`.
+fn build_host_bundles(dir: &Path) -> Result<(Vec<(String, Vec<u8>)>, Vec<serde_json::Value>), String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the crucible's sandbox needs root (mount and network namespaces)".into());
+    }
+    let ghost = target_dir().join("x86_64-unknown-linux-musl/userland/ghost");
+    let units = dir.join("etc/ghost/improve");
+    std::fs::create_dir_all(&units).map_err(|e| e.to_string())?;
+    let unit = format!(
+        "source = \"{}\"\nbinary = \"ghost-sample\"\nbench = \"ghost-sample-bench\"\ntarget = \"x86_64-unknown-linux-musl\"\nmin_gain = 0.2\nrounds = 6\n",
+        repo_root().join("improve/sample").display()
+    );
+    std::fs::write(units.join("sample.toml"), unit).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let improve = |args: &[&str]| -> Result<String, String> {
+        let out = Command::new(&ghost)
+            .arg("improve")
+            .args(args)
+            .env("GHOST_ROOT", dir)
+            .env("GHOST_SOCKET", dir.join("no-ghost-init.sock"))
+            .env("GHOST_AGENT_SOCKET", dir.join("no-agent.sock"))
+            .output()
+            .map_err(|e| format!("{}: {e}", ghost.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(format!("ghost improve {args:?}: {}\n{text}{}", out.status, String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(text)
+    };
+    let patch = |name: &str| repo_root().join(format!("improve/sample/patches/{name}.patch")).display().to_string();
+    improve(&["seed", "sample"])?;
+    let mut verdicts = Vec::new();
+    for p in ["crashes", "faster"] {
+        let out = improve(&["run", "sample", "--patch", &patch(p), "--no-service", "--json"])?;
+        verdicts.push(serde_json::from_str(out.trim()).map_err(|e| format!("{e}: {out}"))?);
+        improve(&["rollback", "sample"])?;
+    }
+    let mut bundles = Vec::new();
+    for (i, g) in [(0, 0), (1, 2), (2, 1)] {
+        let file = dir.join(format!("sample-{i}.bundle"));
+        improve(&["export", "sample", &g.to_string(), "--to", file.to_str().unwrap()])?;
+        bundles.push((format!("sample-{i}.bundle"), std::fs::read(&file).map_err(|e| e.to_string())?));
+    }
+    eprintln!(
+        "vm: the build host judged and exported the sample in {:.1} s; bundles of {:?} bytes",
+        started.elapsed().as_secs_f64(),
+        bundles.iter().map(|(_, b)| b.len()).collect::<Vec<_>>()
+    );
+    Ok((bundles, verdicts))
 }
 
 #[test]
@@ -1011,6 +1157,45 @@ fn snapshots_and_chat_work_in_the_booted_image() {
     assert!(list.contains("\"trigger\":\"manual\"") && list.contains("\"trigger\":\"hourly\""), "the operator's and the agent's hourly snapshot: {list}\n{serial}");
     let chat: Vec<&str> = says.iter().filter_map(|l| l.strip_prefix("chat: ")).collect();
     assert!(chat.iter().any(|l| l.starts_with("Services:")) && chat.iter().any(|l| l.contains("agent: running")), "the agent answers about the services: {chat:#?}\n{serial}");
+}
+
+#[test]
+fn the_crucible_installs_generations_verified_on_the_build_host_in_the_booted_image() {
+    let Some(serial) = guest_boot() else { return };
+    let (_, host) = match CRUCIBLE.get().expect("the guest boot ran the build host") {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("skipped: no crucible on the build host: {why}");
+            return;
+        }
+    };
+    // On the build host: both candidates passed tests and bench (no service there to crash).
+    for (v, origin) in host.iter().zip(["crashes", "faster"]) {
+        assert_eq!((v["outcome"].as_str(), v["stage"].as_str()), (Some("kept"), Some("probation")), "{origin}: {v}");
+        assert!(v["limits"].as_str().is_some_and(|l| !l.is_empty()), "the verdict says what bounded the build: {v}");
+    }
+    let says = conductor_says(serial);
+    let improve: Vec<&str> = says.iter().filter_map(|l| l.strip_prefix("improve: ")).collect();
+    eprintln!("vm: the crucible in the guest: {improve:#?}");
+    let install = |n: u32| {
+        let prefix = format!("install sample-{n}.bundle: ");
+        improve.iter().find_map(|l| l.strip_prefix(prefix.as_str())).unwrap_or_else(|| panic!("no install of sample-{n}: {improve:#?}\n{serial}"))
+    };
+    // Generation 0 seeds the machine from the build host; the service answers on it.
+    let seed = install(0);
+    assert!(seed.starts_with("exit 0, seeded at swap, generation 0, origin build-host:"), "{seed}\n{improve:#?}");
+    assert!(improve.contains(&"generation 0 answers 10000 with 1229"), "{improve:#?}\n{serial}");
+    // Generation 1 (the sieve, kept on the build host) is swapped in and passes probation here.
+    let kept = install(1);
+    assert!(kept.starts_with("exit 0, kept at probation, generation 1, origin build-host:"), "{kept}\n{improve:#?}");
+    let client = improve.iter().find(|l| l.starts_with("the client during the swap:")).copied().unwrap_or_default();
+    let answers: Vec<&str> = client.trim_start_matches("the client during the swap:").split_whitespace().collect();
+    assert!(answers.len() >= 2 && answers.chunks(2).all(|c| c.get(1).is_some_and(|a| *a == "168" || *a == "none")) && answers.contains(&"168"), "every answer during the swap is right (or none while it restarts): {client:?}");
+    assert!(improve.contains(&"generation 1 answers 10000 with 1229"), "{improve:#?}");
+    // Generation 2 passed everything on the build host but crashes here: rolled back to 1.
+    let crashed = install(2);
+    assert!(crashed.starts_with("exit 4, rolled-back at probation, generation 2,") && crashed.contains("died in probation") && crashed.ends_with("generation 1 is back"), "{crashed}\n{improve:#?}");
+    assert!(improve.contains(&"after the crash: generation 1 answers 10000 with 1229"), "{improve:#?}\n{serial}");
 }
 
 #[test]

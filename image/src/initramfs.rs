@@ -82,6 +82,18 @@ pub fn skeleton(init: Vec<u8>) -> Archive {
 /// Adds the tree at `root` (the repository's `initramfs/`) under `/`. Modes are normalised
 /// to 0755/0644 by the owner's execute bit, so the builder's umask does not leak in.
 pub fn add_tree(a: &mut Archive, root: &Path) -> Result<(), TreeError> {
+    add_tree_at(a, root, "", &[])
+}
+
+/// Adds a source tree at `dest` (e.g. `usr/src/ghost/sample`), leaving out `target/` and
+/// `.git/` (build outputs and history are not sources).
+pub fn add_source_tree(a: &mut Archive, root: &Path, dest: &str) -> Result<(), TreeError> {
+    a.insert(dest, Entry::dir());
+    add_tree_at(a, root, dest, &["target", ".git"])
+}
+
+/// Adds the tree at `root` under `dest` ("" for /), skipping directories named in `skip`.
+fn add_tree_at(a: &mut Archive, root: &Path, dest: &str, skip: &[&str]) -> Result<(), TreeError> {
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let read_err = |path: &Path| {
@@ -96,6 +108,11 @@ pub fn add_tree(a: &mut Archive, root: &Path) -> Result<(), TreeError> {
                 .unwrap_or(&path)
                 .to_string_lossy()
                 .into_owned();
+            let rel = if dest.is_empty() {
+                rel
+            } else {
+                format!("{}/{rel}", dest.trim_matches('/'))
+            };
             let meta = std::fs::symlink_metadata(&path).map_err(read_err(&path))?;
             use std::os::unix::fs::PermissionsExt;
             if meta.file_type().is_symlink() {
@@ -108,6 +125,9 @@ pub fn add_tree(a: &mut Archive, root: &Path) -> Result<(), TreeError> {
                     },
                 );
             } else if meta.is_dir() {
+                if skip.iter().any(|s| e.file_name() == *s) {
+                    continue;
+                }
                 a.insert(&rel, Entry::dir());
                 stack.push(path);
             } else if meta.is_file() {
@@ -252,6 +272,25 @@ mod tests {
             a.get("etc/link").unwrap().node,
             Node::Symlink("ghost/ghost.toml".into())
         );
+    }
+
+    #[test]
+    fn a_source_tree_goes_to_its_place_without_build_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["src", "target/release", ".git"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        std::fs::write(dir.path().join("Cargo.toml"), "[package]\n").unwrap();
+        std::fs::write(dir.path().join("src/lib.rs"), "pub fn f() {}\n").unwrap();
+        std::fs::write(dir.path().join("target/release/big"), "x").unwrap();
+        std::fs::write(dir.path().join(".git/HEAD"), "ref").unwrap();
+        let mut a = Archive::new();
+        add_source_tree(&mut a, dir.path(), "usr/src/ghost/sample").unwrap();
+        assert_eq!(a.get("usr/src/ghost/sample").unwrap().node, Node::Dir);
+        assert_eq!(a.get("usr/src/ghost/sample/src/lib.rs").unwrap().mode, 0o644);
+        assert!(a.get("usr/src/ghost/sample/Cargo.toml").is_some());
+        let paths: Vec<&str> = a.paths().collect();
+        assert!(!paths.iter().any(|p| p.contains("target") || p.contains(".git")), "{paths:?}");
     }
 
     #[test]

@@ -45,6 +45,10 @@ struct Build {
     /// The tree copied to / of the initramfs (its etc/ghost/ghost.toml names the modules).
     #[arg(long, default_value = "initramfs")]
     initramfs_tree: PathBuf,
+    /// A source tree for the initramfs, DEST=DIR (e.g. usr/src/ghost/sample=improve/sample),
+    /// without its target/ and .git/ (repeatable).
+    #[arg(long = "source", value_name = "DEST=DIR", value_parser = parse_source)]
+    sources: Vec<(String, PathBuf)>,
     /// The kernel command line baked into the UKI.
     #[arg(long, default_value = pipeline::DEFAULT_CMDLINE)]
     cmdline: String,
@@ -89,6 +93,15 @@ struct Uki {
     install_into: Option<PathBuf>,
 }
 
+fn parse_source(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((dest, dir)) if !dest.trim_matches('/').is_empty() && !dest.split('/').any(|c| c == "..") && !dir.is_empty() => {
+            Ok((dest.trim_matches('/').to_string(), PathBuf::from(dir)))
+        }
+        _ => Err(format!("{s:?}: want DEST=DIR, DEST a path in the initramfs (usr/src/ghost/NAME)")),
+    }
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("ghost-image: error: {e:#}");
@@ -111,6 +124,7 @@ fn build(b: Build) -> Result<()> {
         bins: b.bins,
         extra_binaries: b.extra_binaries,
         initramfs_tree: b.initramfs_tree,
+        sources: b.sources,
         cmdline: b.cmdline,
         preseed_model: b.preseed_model,
         stub: b.stub,

@@ -31,6 +31,8 @@ pub struct BuildOptions {
     pub bins: Vec<PathBuf>,
     pub extra_binaries: Vec<PathBuf>,
     pub initramfs_tree: PathBuf,
+    /// Source trees (destination in the initramfs, directory) placed without target/ and .git/.
+    pub sources: Vec<(String, PathBuf)>,
     pub cmdline: String,
     pub preseed_model: Option<PathBuf>,
     pub stub: PathBuf,
@@ -181,6 +183,12 @@ fn check_inputs(o: &BuildOptions) -> Result<Inputs> {
     }
     let mut archive = initramfs::skeleton(Vec::new());
     initramfs::add_tree(&mut archive, &o.initramfs_tree)?;
+    for (dest, dir) in &o.sources {
+        if !dir.is_dir() {
+            bail!("source {}: not a directory (for {dest})", dir.display());
+        }
+        initramfs::add_source_tree(&mut archive, dir, dest)?;
+    }
     for bin in o.bins.iter().chain(&o.extra_binaries) {
         let needs = libs::runtime_files(bin)?;
         initramfs::add_binary(&mut archive, bin, &needs)?;
@@ -365,6 +373,7 @@ mod tests {
             bins: vec![],
             extra_binaries: vec![],
             initramfs_tree: p.join("tree"),
+            sources: vec![],
             cmdline: DEFAULT_CMDLINE.into(),
             preseed_model: None,
             stub: p.join("vmlinuz"), // only its presence is checked before writing
