@@ -869,14 +869,17 @@ const CRUCIBLE_UNIT: &str = "source = \"/usr/src/ghost/sample\"\nbinary = \"ghos
 /// that nothing crash-loops before the conductor installs generation 0).
 const SAMPLE_SERVICE: &str = "exec = [\"/bin/busybox\", \"sh\", \"-c\", \"until [ -x /var/lib/ghost/generations/sample/current/bin/ghost-sample ]; do /bin/busybox sleep 0.1; done; exec /var/lib/ghost/generations/sample/current/bin/ghost-sample 7070\"]\nrestart = \"always\"\nrestart_delay_ms = 100\n";
 
-/// The build host's bundles (sample-0: the seed, sample-1: the sieve, sample-2: the crasher)
-/// and its verdicts, or why there are none.
-static CRUCIBLE: OnceLock<Result<(Vec<(String, Vec<u8>)>, Vec<serde_json::Value>), String>> = OnceLock::new();
+/// The build host's bundles (sample-0: the seed, sample-1: the sieve, sample-2: the crasher;
+/// name and bytes) and its verdicts.
+type BuildHost = (Vec<(String, Vec<u8>)>, Vec<serde_json::Value>);
+
+/// The build host's work, or why there is none.
+static CRUCIBLE: OnceLock<Result<BuildHost, String>> = OnceLock::new();
 
 /// The crucible on this machine as a build host: the sample (musl, static) seeded, `crashes`
 /// judged (kept: no service runs here), generation 0 put back, `faster` judged, and
 /// generations 0, 2 and 1 exported, with the image's own `ghost`.
-fn build_host_bundles(dir: &Path) -> Result<(Vec<(String, Vec<u8>)>, Vec<serde_json::Value>), String> {
+fn build_host_bundles(dir: &Path) -> Result<BuildHost, String> {
     if unsafe { libc::geteuid() } != 0 {
         return Err("the crucible's sandbox needs root (mount and network namespaces)".into());
     }
