@@ -66,18 +66,7 @@ struct File {
 pub const DEFAULT_BUILD_MEMORY_MAX: u64 = 2 << 30;
 pub const DEFAULT_BUILD_PIDS_MAX: u64 = 512;
 
-/// `512M`, `2G`, `1048576` (bytes; K, M, G, T are powers of 1024).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mul) = match s.char_indices().last()? {
-        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
-        (i, 'M' | 'm') => (&s[..i], 1 << 20),
-        (i, 'G' | 'g') => (&s[..i], 1 << 30),
-        (i, 'T' | 't') => (&s[..i], 1 << 40),
-        _ => (s, 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mul)
-}
+pub use ghost_proto::parse_size;
 
 /// A target triple as rustc names them: ARCH-VENDOR-OS[-ENV], letters, digits, `_` and `.`.
 fn valid_triple(t: &str) -> bool {

@@ -227,18 +227,7 @@ fn parse_ready_arg(ready: &str, prefix: &str) -> Option<u32> {
     ready.strip_prefix(prefix)?.parse().ok()
 }
 
-/// `512K`, `256M`, `2G`, or plain bytes.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mul) = match s.chars().last()? {
-        'K' | 'k' => (&s[..s.len() - 1], 1u64 << 10),
-        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
-        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
-        'T' | 't' => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
-    };
-    num.trim().parse::<u64>().ok()?.checked_mul(mul)
-}
+pub use ghost_proto::parse_size;
 
 /// `50%` → 50.
 pub fn parse_percent(s: &str) -> Option<u32> {

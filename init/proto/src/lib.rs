@@ -280,6 +280,20 @@ pub enum StreamItem {
     Dropped(u64),
 }
 
+/// A size like `512K`, `256M`, `2G` or plain bytes (service files' `memory_max`, units'
+/// `build_memory_max`); `None` when it is not one.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        (i, 'T' | 't') => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mul)
+}
+
 /// Parses one request line, with an error message fit for the reply.
 pub fn parse_request(line: &str) -> Result<Request, String> {
     if line.len() > MAX_LINE {
