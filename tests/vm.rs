@@ -661,6 +661,13 @@ say "snapshots:" $(grep -o '"trigger":"[a-z-]*"' /tmp/snaps.json)
 ghostctl chat "how are the services? status please" > /tmp/chat.txt 2>&1
 while read -r l; do say "chat: $l"; done < /tmp/chat.txt
 for svc in console console-serial; do say "$svc: at the end: pid $(get $svc pid) restarts $(get $svc restarts)"; done
+# PID 1 replaces its own program without a reboot: the same processes under it before and after.
+pids() { for svc in escaper agent console; do printf '%s=%s ' $svc "$(get $svc pid)"; done; }
+before=$(pids)
+ghostctl reexec > /tmp/reexec.txt 2>&1; rc=$?
+after=$(pids)
+say "reexec: exit $rc, before: $before, after: $after"
+while read -r l; do say "reexec: $l"; done < /tmp/reexec.txt
 say "done: powering off"
 exec ghostctl poweroff
 "#;
@@ -1147,6 +1154,22 @@ fn the_agent_runs_in_the_guest_with_the_sentinel_rules_and_durable_memory() {
     assert!(status["beats"].as_u64().is_some_and(|b| b > 0), "{status}");
     // The victim (restart = "always") came back by itself: the Sentinel did not act twice.
     assert_eq!(status["repairs_failed"], 0, "{status}");
+}
+
+#[test]
+fn pid1_reexecs_in_the_booted_image_keeping_every_service() {
+    let Some(serial) = guest_boot() else { return };
+    let says = conductor_says(serial);
+    let line = first_starting_with(&says, "reexec: exit ");
+    let (head, pids) = line.split_once(", before: ").unwrap_or_else(|| panic!("{line}\n{serial}"));
+    assert_eq!(head, "reexec: exit 0", "ghostctl reexec failed in the guest: {says:#?}\n{serial}");
+    let (before, after) = pids.split_once(", after: ").unwrap();
+    assert!(!before.contains("=  ") && before.matches('=').count() == 3, "every service had a pid before: {before}");
+    assert_eq!(before.trim(), after.trim(), "the services' processes changed across the re-exec");
+    let report: Vec<&str> = says.iter().filter_map(|l| l.strip_prefix("reexec: ")).collect();
+    assert!(report.iter().any(|l| l.starts_with("program") && l.contains("pid 1")) && report.iter().any(|l| l.starts_with("re-execs  1")), "{report:#?}");
+    let init = init_lines(serial);
+    assert!(init.iter().any(|l| l.starts_with("ghost-init: re-exec: ") && l.contains("service(s) kept")), "no re-exec line from the new PID 1:\n{serial}");
 }
 
 #[test]
