@@ -390,3 +390,89 @@ fn bundles_verified_on_a_build_host_are_installed_swapped_and_rolled_back_on_the
     let (code, _, err) = improve(&machine, &["export", "sample", "2", "--to", bad.to_str().unwrap()]);
     assert!(code == 1 && err.contains("only a verified generation (seeded or kept) is shipped"), "{code} {err}");
 }
+
+/// PID 1 as an improvable unit (`swap = "reexec"`): its source cut out of this workspace
+/// (`ghost improve workspace-source`), seeded by a real release build and its own tests in the
+/// sandbox; a candidate that edits a test module inside a source file is refused unbuilt; a
+/// verified generation is swapped in by re-executing ghost-init (every service keeps its
+/// process) and survives probation; a generation PID 1 refuses is rolled back with PID 1
+/// untouched; the operator's rollback re-executes the previous generation.
+#[test]
+fn pid1_is_a_unit_swapped_in_by_reexec_with_every_service_kept() {
+    if !sandbox_possible() {
+        return;
+    }
+    if let Err(why) = ghost_tests::pid_namespaces_available() {
+        eprintln!("SKIP pid1_is_a_unit_swapped_in_by_reexec_with_every_service_kept: {why}");
+        return;
+    }
+    let root = Root::new();
+    root.service("steady", "exec = [\"/bin/sleep\", \"1000\"]\n");
+    let g = Ghost::start(&root, Isolation::PidNamespace, "");
+    g.console.wait_for("boot complete", Duration::from_secs(20));
+    let src = root.path().join("usr/src/ghost/ghost-init");
+    let repo = workspace_root();
+    let (code, out, err) = improve(&root, &["workspace-source", repo.to_str().unwrap(), "--members", "init,init/proto", "--to", src.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let units = root.path().join("etc/ghost/improve");
+    std::fs::create_dir_all(&units).unwrap();
+    std::fs::write(
+        units.join("ghost-init.toml"),
+        format!("source = \"{}\"\npackage = \"ghost-init\"\nbinary = \"ghost-init\"\nbench = \"ghost-init-bench\"\ntarget = \"x86_64-unknown-linux-musl\"\nswap = \"reexec\"\nrounds = 3\nprobation_s = 1\nprotected = [\"Cargo.toml\", \"Cargo.lock\", \"init/Cargo.toml\", \"init/proto/Cargo.toml\", \"init/src/bin\"]\n", src.display()),
+    )
+    .unwrap();
+    let pid_of = || status(&root, "steady").pid;
+    let steady = pid_of();
+    assert!(steady.is_some());
+
+    let (code, out, err) = improve(&root, &["seed", "ghost-init"]);
+    assert_eq!(code, 0, "seeding ghost-init (release build and its tests, sandboxed): {out}{err}");
+
+    // A candidate that makes a test in a source file agree with it is refused before any build.
+    let file = std::fs::read_to_string(src.join("init/src/supervisor/handover.rs")).unwrap();
+    let at = file.lines().position(|l| l.contains("assert_eq!(back.services[0].restarts, 3);")).expect("the round-trip test of handover.rs") + 1;
+    let cheat = format!("--- a/init/src/supervisor/handover.rs\n+++ b/init/src/supervisor/handover.rs\n@@ -{at},1 +{at},0 @@\n-        assert_eq!(back.services[0].restarts, 3);\n");
+    let cheat_file = root.path().join("cheat.patch");
+    std::fs::write(&cheat_file, cheat).unwrap();
+    let (code, out, err) = improve(&root, &["run", "ghost-init", "--patch", cheat_file.to_str().unwrap(), "--json"]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!((code, v["outcome"].as_str(), v["stage"].as_str()), (4, Some("refused"), Some("patch")), "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("#[cfg(test)] module of init/src/supervisor/handover.rs"), "{v}");
+
+    // The verified generation, shipped as a build host would, swapped into PID 1.
+    let bundle = root.path().join("gen0.bundle");
+    let (code, out, err) = improve(&root, &["export", "ghost-init", "0", "--to", bundle.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = improve(&root, &["install", "ghost-init", bundle.to_str().unwrap(), "--json"]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!((code, v["outcome"].as_str(), v["generation"].as_u64()), (0, Some("kept"), Some(1)), "{v}\n{err}\n{}", g.console.text());
+    let info = ghost_tests::control(&root, "{\"cmd\":\"init\"}").init.unwrap();
+    let gen1 = root.path().join("var/lib/ghost/generations/ghost-init/1/bin/ghost-init");
+    assert_eq!((info.pid, info.reexecs, Path::new(&info.binary)), (1, 1, gen1.as_path()), "PID 1 runs generation 1: {info:?}");
+    assert!(v["seconds"]["reexec_ms"].as_f64().is_some_and(|ms| ms < 1000.0), "{v}");
+    assert_eq!(pid_of(), steady, "the service kept its process through PID 1's swap");
+
+    // A generation PID 1 refuses to take over (busybox is no ghost-init): rolled back at once.
+    let fake = root.path().join("fake-gen");
+    ghost_improve::crucible::copy_tree(&root.path().join("var/lib/ghost/generations/ghost-init/0"), &fake).unwrap();
+    std::fs::copy("/bin/busybox", fake.join("bin/ghost-init")).expect("busybox-static for a static binary that is not ghost-init");
+    let verdict0: ghost_improve::crucible::Verdict = serde_json::from_str(&std::fs::read_to_string(fake.join("verdict.json")).unwrap()).unwrap();
+    let bad = root.path().join("bad.bundle");
+    ghost_improve::bundle::write("ghost-init", 0, &fake, &verdict0, &bad).unwrap();
+    let (code, out, err) = improve(&root, &["install", "ghost-init", bad.to_str().unwrap(), "--json"]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!((code, v["outcome"].as_str(), v["stage"].as_str()), (4, Some("rolled-back"), Some("swap")), "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("refused the handover"), "{v}");
+    let info = ghost_tests::control(&root, "{\"cmd\":\"init\"}").init.unwrap();
+    assert_eq!((info.reexecs, Path::new(&info.binary)), (1, gen1.as_path()), "PID 1 untouched: {info:?}");
+    let cur = std::fs::read_link(root.path().join("var/lib/ghost/generations/ghost-init/current")).unwrap();
+    assert_eq!(cur, Path::new("1"));
+
+    // The operator puts generation 0 back: PID 1 re-executes it.
+    let (code, out, err) = improve(&root, &["rollback", "ghost-init", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let info = ghost_tests::control(&root, "{\"cmd\":\"init\"}").init.unwrap();
+    assert_eq!((info.reexecs, Path::new(&info.binary)), (2, root.path().join("var/lib/ghost/generations/ghost-init/0/bin/ghost-init").as_path()), "{info:?}");
+    assert_eq!(pid_of(), steady);
+    drop(g);
+}

@@ -76,6 +76,14 @@ pub trait Supervisor {
     fn restart(&self, service: &str) -> Result<(), String>;
     /// (state, pid, restarts) of the service.
     fn status(&self, service: &str) -> Result<(String, Option<i32>, u32), String>;
+    /// PID 1 re-executes as `binary` (units with `swap = "reexec"`); what it then reports.
+    fn reexec(&self, _binary: &Path) -> Result<ghost_proto::InitInfo, String> {
+        Err("this supervisor cannot re-execute PID 1".into())
+    }
+    /// What PID 1 is now (its program, re-execs).
+    fn init(&self) -> Result<ghost_proto::InitInfo, String> {
+        Err("this supervisor does not report PID 1".into())
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -192,6 +200,9 @@ impl<'a> Crucible<'a> {
     fn cargo(&self, sub: &str, args: &[&str], tree: &Path, timeout: Duration, log: &Path) -> Result<run::Ended, String> {
         let mut c = Command::new("cargo");
         c.args([sub, "--release", "--offline", "--quiet"]).args(args).current_dir(tree);
+        if let Some(p) = &self.unit.package {
+            c.args(["-p", p]);
+        }
         if let Some(t) = &self.unit.target {
             c.args(["--target", t]);
         }
@@ -381,6 +392,11 @@ impl<'a> Crucible<'a> {
             return refuse(Stage::Patch, format!("it edits {p}, which is part of how it is judged (protected: {})", self.unit.protected.join(", ")), None, &mut seconds);
         }
         let inc_dir = self.dir.join(incumbent.to_string());
+        if self.unit.protect_test_modules {
+            if let Some(p) = patch::touches_test_module(&text, &inc_dir.join("source")) {
+                return refuse(Stage::Patch, format!("it changes the #[cfg(test)] module of {p}, which is part of how it is judged"), None, &mut seconds);
+            }
+        }
         let src = work.join("source");
         copy_tree(&inc_dir.join("source"), &src)?;
         (self.say)(&format!("candidate {id} for {} (generation {incumbent} runs): {} file(s): {}", self.unit.name, touched.len(), touched.join(", ")));
@@ -448,6 +464,9 @@ impl<'a> Crucible<'a> {
         let s = Instant::now();
         self.point_current(n)?;
         (self.say)(&format!("swapped: generation {n} ({why_swapped})"));
+        if self.unit.reexec {
+            return self.swap_pid1(n, previous, s, seconds);
+        }
         let mut before = None;
         if let (Some(sv), Some(service)) = (self.supervisor, &self.unit.service) {
             let old_pid = sv.status(service).ok().and_then(|(_, pid, _)| pid);
@@ -471,6 +490,62 @@ impl<'a> Crucible<'a> {
         let back = self.put_back(previous)?;
         seconds.insert("rollback".into(), r.elapsed().as_secs_f64().into());
         Ok(Some((Stage::Probation, format!("{why}; {back}"))))
+    }
+
+    /// `swap_in` for PID 1 (`swap = "reexec"`): ghost-init re-executes as the generation's
+    /// binary. A new program its own checks refuse, or one that fails them after the exec (PID 1
+    /// then runs the previous program again by itself), is a failed swap; in probation PID 1 must
+    /// answer all along and go on running the new program (no fall-back, no other re-exec).
+    fn swap_pid1(&self, n: u64, previous: Option<u64>, s: Instant, seconds: &mut serde_json::Map<String, Value>) -> Result<Option<(Stage, String)>, String> {
+        let Some(sv) = self.supervisor else {
+            seconds.insert("swap".into(), s.elapsed().as_secs_f64().into());
+            return Ok(None);
+        };
+        let binary = self.dir.join(n.to_string()).join("bin").join(&self.unit.binary);
+        // What PID 1 runs now is what a failed probation puts back.
+        let ran_before = sv.init()?.binary;
+        let swapped = sv.reexec(&binary).and_then(|info| match info.last_reexec.as_ref().and_then(|r| r.fell_back.clone()) {
+            Some(why) => Err(format!("the new PID 1 failed its checks ({why}) and PID 1 went back to its previous program")),
+            None => Ok(info),
+        });
+        seconds.insert("swap".into(), s.elapsed().as_secs_f64().into());
+        let after = match swapped {
+            Ok(info) => info,
+            Err(e) => {
+                // PID 1 still runs what it ran: only `current` goes back.
+                let back = self.put_back(previous)?;
+                return Ok(Some((Stage::Swap, format!("PID 1 did not take it: {e}; {back}"))));
+            }
+        };
+        if let Some(r) = &after.last_reexec {
+            seconds.insert("reexec_ms".into(), (r.took_us as f64 / 1000.0).into());
+        }
+        let p = Instant::now();
+        let deadline = p + self.unit.probation;
+        let trouble = loop {
+            match sv.init() {
+                Err(e) => break Some(format!("PID 1 did not answer in probation: {e}")),
+                Ok(i) if i.reexecs != after.reexecs || i.binary != after.binary => {
+                    break Some(format!("PID 1 changed program in probation: it runs {} (re-exec {})", i.binary, i.reexecs))
+                }
+                Ok(_) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break None;
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
+        };
+        seconds.insert("probation".into(), p.elapsed().as_secs_f64().into());
+        let Some(why) = trouble else { return Ok(None) };
+        let r = Instant::now();
+        let back = self.put_back(previous)?;
+        let pid1 = match sv.reexec(Path::new(&ran_before)) {
+            Ok(_) => format!("PID 1 runs {ran_before} again"),
+            Err(e) => format!("WARNING: PID 1 could not go back to {ran_before}: {e}"),
+        };
+        seconds.insert("rollback".into(), r.elapsed().as_secs_f64().into());
+        Ok(Some((Stage::Probation, format!("{why}; {back}; {pid1}"))))
     }
 
     /// After a failed swap: `current` back on `previous` (or removed, when there was none) and
@@ -622,6 +697,12 @@ impl<'a> Crucible<'a> {
         if let (Some(sv), Some(service)) = (self.supervisor, &self.unit.service) {
             sv.restart(service)?;
         }
+        if let (true, Some(sv)) = (self.unit.reexec, self.supervisor) {
+            let info = sv.reexec(&self.dir.join(prev.to_string()).join("bin").join(&self.unit.binary))?;
+            if let Some(why) = info.last_reexec.and_then(|r| r.fell_back) {
+                return Err(format!("`current` is generation {prev} again, but PID 1 refused to re-execute it ({why}) and runs {}", info.binary));
+            }
+        }
         let v = Verdict {
             unit: self.unit.name.clone(),
             candidate: format!("generation {cur}"),
@@ -666,6 +747,17 @@ impl ControlSocket {
 }
 
 impl Supervisor for ControlSocket {
+    fn reexec(&self, binary: &Path) -> Result<ghost_proto::InitInfo, String> {
+        use ghostctl::client::{socket_path_from_env, Connection, Endpoint};
+        let socket = socket_path_from_env(Endpoint::Control, None);
+        let mut c = Connection::open(&socket).map_err(|f| f.to_string())?;
+        ghostctl::client::reexec_and_wait(&mut c, &socket, Some(binary.display().to_string())).map_err(|f| f.to_string())
+    }
+
+    fn init(&self) -> Result<ghost_proto::InitInfo, String> {
+        self.request(&ghost_proto::Request::Init)?.init.ok_or_else(|| "ghost-init sent no init report".into())
+    }
+
     fn restart(&self, service: &str) -> Result<(), String> {
         self.request(&ghost_proto::Request::Restart { name: service.to_string() }).map(|_| ())
     }

@@ -11,3 +11,4 @@ pub mod patch;
 pub mod run;
 pub mod stats;
 pub mod unit;
+pub mod workspace;

@@ -39,6 +39,51 @@ pub fn touched_paths(diff: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// The first file in which `diff` changes a line inside a `#[cfg(test)]` module of the
+/// incumbent sources under `root` (from the file's first `#[cfg(test)]` line on: the tests
+/// that live in source files are part of the judge). Lines added just before it are fine.
+pub fn touches_test_module(diff: &str, root: &Path) -> Option<String> {
+    let mut file: Option<(String, usize)> = None; // (path, first test line, 1-based; 0: none)
+    let mut old_line = 0usize;
+    for line in diff.lines() {
+        if let Some(rest) = line.strip_prefix("--- ") {
+            let name = rest.split('\t').next().unwrap_or("").trim_end();
+            let rel = name.split_once('/').map(|(_, r)| r.to_string()).unwrap_or_default();
+            let first = std::fs::read_to_string(root.join(&rel))
+                .ok()
+                .filter(|_| rel.ends_with(".rs"))
+                .and_then(|t| t.lines().position(|l| l.trim_start().starts_with("#[cfg(test)]")).map(|i| i + 1))
+                .unwrap_or(0);
+            file = Some((rel, first));
+            continue;
+        }
+        if line.starts_with("+++ ") {
+            continue;
+        }
+        if let Some(h) = line.strip_prefix("@@ -") {
+            old_line = h.split([',', ' ']).next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            continue;
+        }
+        let Some((path, first)) = &file else { continue };
+        if *first == 0 {
+            continue;
+        }
+        match line.as_bytes().first() {
+            Some(b' ') => old_line += 1,
+            Some(b'-') => {
+                if old_line >= *first {
+                    return Some(path.clone());
+                }
+                old_line += 1;
+            }
+            // An added line goes before the old line `old_line`.
+            Some(b'+') if old_line > *first => return Some(path.clone()),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Applies `diff` (the text of a unified diff) inside `dir`: first a dry run, so a patch that
 /// does not apply leaves `dir` as it was.
 pub fn apply(dir: &Path, diff_file: &Path) -> Result<(), String> {
@@ -64,6 +109,21 @@ pub fn apply(dir: &Path, diff_file: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_inside_a_test_module_are_found_and_changes_before_it_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("src")).unwrap();
+        std::fs::write(d.path().join("src/lib.rs"), "fn a() {}\nfn b() {}\n\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn t() { assert!(true) }\n}\n").unwrap();
+        let head = "--- a/src/lib.rs\n+++ b/src/lib.rs\n";
+        // Line 2 changed, line 3 added before the test module (context reaches into it).
+        let before = format!("{head}@@ -1,5 +1,6 @@\n fn a() {{}}\n-fn b() {{}}\n+fn b() {{ 1; }}\n+fn c() {{}}\n \n #[cfg(test)]\n mod tests {{\n");
+        assert_eq!(touches_test_module(&before, d.path()), None);
+        let inside = format!("{head}@@ -6,2 +6,2 @@\n     #[test]\n-    fn t() {{ assert!(true) }}\n+    fn t() {{}}\n");
+        assert_eq!(touches_test_module(&inside, d.path()).as_deref(), Some("src/lib.rs"));
+        let added = format!("{head}@@ -5,1 +5,2 @@\n mod tests {{\n+    fn extra() {{}}\n");
+        assert_eq!(touches_test_module(&added, d.path()).as_deref(), Some("src/lib.rs"));
+    }
 
     #[test]
     fn paths_come_from_both_headers_once() {

@@ -43,6 +43,14 @@ pub struct Unit {
     /// memory.max (bytes) and pids.max of the cgroup the build and tests run in, where there is one.
     pub build_memory_max: u64,
     pub build_pids_max: u64,
+    /// `package`: the crate to build and test when `source` is a workspace (`cargo -p`).
+    pub package: Option<String>,
+    /// `swap = "reexec"`: the binary is PID 1 itself, swapped in by re-executing ghost-init
+    /// (`ghostctl reexec`), not by restarting a service.
+    pub reexec: bool,
+    /// A candidate may not touch a `#[cfg(test)]` module (tests inside source files are part
+    /// of the judge too); on unless `protect_test_modules = false`.
+    pub protect_test_modules: bool,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +69,9 @@ struct File {
     target: Option<String>,
     build_memory_max: Option<String>,
     build_pids_max: Option<u64>,
+    package: Option<String>,
+    swap: Option<String>,
+    protect_test_modules: Option<bool>,
 }
 
 pub const DEFAULT_BUILD_MEMORY_MAX: u64 = 2 << 30;
@@ -132,6 +143,17 @@ impl Unit {
         if build_pids_max < 8 {
             return bad("build_pids_max", "must be at least 8 (cargo and rustc need a few processes)");
         }
+        if let Some(p) = f.package.as_deref().filter(|p| !valid_name(p)) {
+            return bad("package", &format!("{p:?} is not a package name (letters, digits, - and _)"));
+        }
+        let reexec = match f.swap.as_deref() {
+            None | Some("restart") => false,
+            Some("reexec") => true,
+            Some(other) => return bad("swap", &format!("{other:?} is not one of restart (a service), reexec (PID 1 itself)")),
+        };
+        if reexec && f.service.is_some() {
+            return bad("swap", "reexec swaps PID 1 itself: leave `service` out");
+        }
         let secs = |key: &str, v: Option<u64>, default: u64| match v {
             Some(0) => Err(format!("{origin}: {key}: must be at least 1")),
             Some(n) => Ok(Duration::from_secs(n)),
@@ -152,6 +174,9 @@ impl Unit {
             target: f.target,
             build_memory_max,
             build_pids_max,
+            package: f.package,
+            reexec,
+            protect_test_modules: f.protect_test_modules.unwrap_or(true),
         })
     }
 
@@ -191,6 +216,9 @@ mod tests {
             ("build_memory_max = \"lots\"\n", "u.toml: build_memory_max: \"lots\" is not a size"),
             ("build_memory_max = \"100K\"\n", "u.toml: build_memory_max:"),
             ("build_pids_max = 2\n", "u.toml: build_pids_max: must be at least 8"),
+            ("swap = \"swap\"\n", "u.toml: swap: \"swap\" is not one of restart"),
+            ("swap = \"reexec\"\nservice = \"x\"\n", "u.toml: swap: reexec swaps PID 1 itself"),
+            ("package = \"a b\"\n", "u.toml: package: \"a b\" is not a package name"),
         ] {
             let e = Unit::parse("u", &format!("{base}{extra}"), "u.toml").unwrap_err();
             assert!(e.contains(want), "{extra}: {e}");

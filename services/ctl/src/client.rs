@@ -129,6 +129,39 @@ pub fn socket_path_from_env(endpoint: Endpoint, flag: Option<&Path>) -> SocketPa
 
 /// One request to ghost-init on a connection of its own, to the control socket the environment
 /// names (`GHOST_SOCKET`, `GHOST_ROOT`); `ok: false` is [`Failure::Daemon`].
+/// How long a re-execution may take before the new program answers.
+pub const REEXEC_WAIT: Duration = Duration::from_secs(30);
+
+/// Asks ghost-init on `conn` to re-execute (`binary`, or its own program), waits for the
+/// program to be replaced (the connection closes) and for the new one to answer on `socket`;
+/// returns what it then reports (`last_reexec.fell_back` says when the previous program came
+/// back). A refusal is [`Failure::Daemon`]; no answer within [`REEXEC_WAIT`] is unreachable.
+pub fn reexec_and_wait(conn: &mut Connection, socket: &SocketPath, binary: Option<String>) -> Result<ghost_proto::InitInfo, Failure> {
+    let before = conn.request(&Request::Init)?.init.unwrap_or_default();
+    if conn.request_or_closed(&Request::Reexec { binary })?.is_some() {
+        return Err(Failure::Daemon("ghost-init acknowledged the re-execution but did not replace its program".into()));
+    }
+    // The listening socket survives the exec: a new connection waits in its backlog until the
+    // new program serves it.
+    let deadline = std::time::Instant::now() + REEXEC_WAIT;
+    loop {
+        match Connection::open(socket).and_then(|mut c| c.request(&Request::Init)) {
+            Ok(r) => {
+                let info = r.init.unwrap_or_default();
+                if info.reexecs > before.reexecs {
+                    return Ok(info);
+                }
+            }
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => {}
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Failure::Unreachable(format!("{socket}: ghost-init did not report the re-execution within {} s", REEXEC_WAIT.as_secs())));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 pub fn control_request(req: &Request) -> Result<Reply, Failure> {
     Connection::open(&socket_path_from_env(Endpoint::Control, None))?.request(req)
 }

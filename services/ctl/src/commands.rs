@@ -124,36 +124,9 @@ pub fn run_remote(command: &Command, socket: &SocketPath, output: Output, out: &
     Ok(())
 }
 
-/// How long `reexec` waits for the new program to answer.
-const REEXEC_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// `reexec`: asks, waits for the program to be replaced (the connection closes), then for
-/// the new program to answer, and says how it went (exit 1 when the previous one came back).
+/// `reexec`: says how it went (exit 1 when the previous program came back).
 fn reexec(conn: &mut Connection, socket: &SocketPath, binary: Option<String>, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
-    let before = conn.request(&Request::Init)?.init.unwrap_or_default();
-    if conn.request_or_closed(&Request::Reexec { binary })?.is_some() {
-        return Err(Failure::Daemon("ghost-init acknowledged the re-execution but did not replace its program".into()));
-    }
-    // The listening socket survives the exec: a new connection waits in its backlog until the
-    // new program serves it. Bounded: a PID 1 that never answers again is reported.
-    let deadline = std::time::Instant::now() + REEXEC_WAIT;
-    let info = loop {
-        let answer = Connection::open(socket).and_then(|mut c| c.request(&Request::Init));
-        match answer {
-            Ok(r) => {
-                let info = r.init.unwrap_or_default();
-                if info.reexecs > before.reexecs {
-                    break info;
-                }
-            }
-            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
-            Err(_) => {}
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(Failure::Unreachable(format!("{socket}: ghost-init did not report the re-execution within {} s", REEXEC_WAIT.as_secs())));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    };
+    let info = crate::client::reexec_and_wait(conn, socket, binary)?;
     if output.json {
         json_line(out, &info)?;
     } else {

@@ -76,6 +76,18 @@ enum ImproveCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a unit's source cut out of a workspace (PID 1: `--members init,init/proto` of the
+    /// ghostos tree): only those members, with the workspace's lock file and profiles
+    #[command(name = "workspace-source")]
+    WorkspaceSource {
+        /// The workspace (its Cargo.toml and Cargo.lock)
+        repo: PathBuf,
+        /// Member paths, comma-separated
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<String>,
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
     /// Put the previous good generation back
     Rollback {
         unit: String,
@@ -129,7 +141,7 @@ pub fn run(args: ImproveArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
         }
         ImproveCommand::Run { unit, patch, proposals, from_model, goal, no_service, json } => {
             let u = load(&unit)?;
-            let sv: Option<&dyn Supervisor> = if no_service || u.service.is_none() { None } else { Some(&control) };
+            let sv: Option<&dyn Supervisor> = if no_service || (u.service.is_none() && !u.reexec) { None } else { Some(&control) };
             let c = Crucible::new(u, &generations, sv, &say);
             let (file, origin) = match patch {
                 None if from_model => ask_model(&c, root, &goal)?,
@@ -191,6 +203,11 @@ pub fn run(args: ImproveArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        ImproveCommand::WorkspaceSource { repo, members, to } => {
+            ghost_improve::workspace::subset(&repo, &members, &to).map_err(anyhow::Error::msg)?;
+            println!("{}: the workspace {} with {}", to.display(), repo.display(), members.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
         ImproveCommand::Export { unit, generation, to } => {
             let c = Crucible::new(load(&unit)?, &generations, None, &say);
             let h = c.export(generation, &to).map_err(anyhow::Error::msg)?;
@@ -200,7 +217,7 @@ pub fn run(args: ImproveArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
         }
         ImproveCommand::Install { unit, file, no_service, json } => {
             let u = load(&unit)?;
-            let sv: Option<&dyn Supervisor> = if no_service || u.service.is_none() { None } else { Some(&control) };
+            let sv: Option<&dyn Supervisor> = if no_service || (u.service.is_none() && !u.reexec) { None } else { Some(&control) };
             let c = Crucible::new(u, &generations, sv, &say);
             let v = c.install(&file).map_err(anyhow::Error::msg)?;
             print_verdict(&v, json);
@@ -209,7 +226,7 @@ pub fn run(args: ImproveArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
         }
         ImproveCommand::Rollback { unit, json } => {
             let u = load(&unit)?;
-            let sv: Option<&dyn Supervisor> = if u.service.is_some() { Some(&control) } else { None };
+            let sv: Option<&dyn Supervisor> = if u.service.is_some() || u.reexec { Some(&control) } else { None };
             let c = Crucible::new(u, &generations, sv, &say);
             let v = c.rollback().map_err(anyhow::Error::msg)?;
             print_verdict(&v, json);
