@@ -230,6 +230,14 @@ fn ghostctl(root: &Root, args: &[&str]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Descriptors PID 1 (host pid `pid`) still holds that only a re-exec needed: the handover's
+/// memfd, or a program file (the previous program kept for a fall-back).
+fn reexec_leftovers(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| rd.flatten().filter_map(|e| std::fs::read_link(e.path()).ok()).map(|p| p.display().to_string()).filter(|t| t.contains("ghost-init-handover") || t.ends_with("/ghost-init") || t.ends_with("ghost-init (deleted)")).collect())
+        .unwrap_or_default()
+}
+
 fn init_info(root: &Root) -> ghost_proto::InitInfo {
     ghost_tests::control(root, "{\"cmd\":\"init\"}").init.expect("init info")
 }
@@ -282,6 +290,7 @@ fn reexec_as_namespace_pid1_keeps_every_service_process_and_its_state() {
     assert_eq!(steady_now.health, Some(ghost_proto::Health::Healthy));
     assert_eq!(after.iter().find(|s| s.name == "parked").unwrap().state, ghost_proto::State::Stopped, "an operator's stop is kept");
     assert!(g.processes().iter().any(|p| p.pid == g.pid), "ghost-init runs as the same process");
+    assert_eq!(reexec_leftovers(g.pid), Vec::<String>::new(), "descriptors of the re-exec left open in PID 1");
     let logs = ghost_tests::control(&root, "{\"cmd\":\"logs\",\"name\":\"steady\"}").logs.unwrap();
     assert!(logs.iter().any(|l| l.text.starts_with("hello from")), "the lines before the exec are kept: {logs:?}");
 
@@ -349,6 +358,7 @@ fn a_program_that_refuses_is_not_run_and_one_that_fails_its_checks_falls_back() 
     assert_eq!((info.pid, info.reexecs, info.binary.as_str()), (1, 1, original.as_str()), "the previous program runs again: {info:?}");
     assert!(info.last_reexec.unwrap().fell_back.is_some());
     assert_eq!(pids(), before, "every service kept its process through the fall-back");
+    assert_eq!(reexec_leftovers(g.pid), Vec::<String>::new(), "descriptors of the re-exec left open in PID 1 after the fall-back");
     g.console.wait_for("going back to the previous one", Duration::from_secs(5));
 
     // And a good re-exec still works after it.

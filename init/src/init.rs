@@ -305,6 +305,11 @@ impl Init {
     }
 
     fn probe_done(&mut self, (req, ok, why): crate::probe::Outcome) {
+        // A result about a process that is no longer the service's (restarted, or replaced by
+        // an overlapping restart) says nothing about the one that runs now.
+        if self.supervisor.by_id(req.service).and_then(|i| self.supervisor.services[i].state.pid()) != Some(req.pid) {
+            return;
+        }
         let mut notes = Vec::new();
         self.supervisor.probe_result(req.service, req.purpose, ok, &why, &mut self.os, Instant::now(), &mut notes);
         self.publish_notes(notes);
@@ -576,6 +581,7 @@ impl Init {
         }
         self.reactor.watch_stdin(false);
         self.stop_wizard();
+        self.cancel_reexec("PID 1 is shutting down");
         let now = Instant::now();
         let up = self.supervisor.services.iter().filter(|s| s.state.is_up()).count();
         say!("{} requested: stopping {up} service(s)", match action {

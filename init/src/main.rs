@@ -172,11 +172,15 @@ fn resume(fd: i32, fallback: Option<i32>, fell_back: Option<String>, start: Inst
         Err(e) => format!("cannot set up signal handling: {e}"),
         Ok(reactor) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reexec::resume(fd, fell_back.clone(), reactor, start))) {
             Ok(Ok(mut init)) => {
-                // SAFETY: closing the handover and the previous program's descriptor, ours now.
+                // SAFETY: closing the handover, the previous program's descriptor and the
+                // originals of the adopted copies: ours, and no longer needed.
                 unsafe {
                     libc::close(fd);
                     if let Some(old) = fallback {
                         libc::close(old);
+                    }
+                    for o in std::mem::take(&mut init.reexec.originals) {
+                        libc::close(o);
                     }
                 }
                 let action = init.serve_events();

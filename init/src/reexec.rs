@@ -104,6 +104,8 @@ pub struct Record {
     pub go: Option<(u32, PathBuf)>,
     pub count: u32,
     pub last: Option<ReexecReport>,
+    /// After a resume: the previous program's descriptors, closed once the resume succeeded.
+    pub originals: Vec<RawFd>,
 }
 
 fn monotonic_us() -> u64 {
@@ -267,6 +269,22 @@ impl Init {
         }
     }
 
+    /// A re-execution asked for but not done yet is dropped (shutdown began): its check is
+    /// killed and its client told why.
+    pub fn cancel_reexec(&mut self, why: &str) {
+        let client = match (self.reexec.pending.take(), self.reexec.go.take()) {
+            (Some(p), _) => {
+                let _ = crate::sys::kill(p.check_pid, libc::SIGKILL);
+                Some(p.client)
+            }
+            (None, Some((client, _))) => Some(client),
+            (None, None) => None,
+        };
+        if let (Some(client), Some(c)) = (client, &mut self.control) {
+            c.reply(client, &Reply::error(format!("re-exec cancelled: {why}")));
+        }
+    }
+
     pub fn reexec_deadline(&self) -> Option<Instant> {
         self.reexec.pending.as_ref().map(|p| p.deadline)
     }
@@ -310,6 +328,9 @@ impl Init {
                 c.reply(client, &Reply::error(why));
             }
         };
+        if self.phase != Phase::Running {
+            return fail(self, "PID 1 is no longer running normally (shutdown or rescue began)".into());
+        }
         if let Some(name) = self.supervisor.overlapping() {
             return fail(self, format!("service {name} began an overlapping restart meanwhile; try again once it is done"));
         }
@@ -401,13 +422,15 @@ fn check(h: &Handover, fell_back: bool) -> Result<(), String> {
             return Err(format!("descriptor {fd} of the handover is not open"));
         }
     }
-    // SAFETY: getpid has no failure mode.
-    let me = unsafe { libc::getpid() };
+    if fell_back {
+        // The previous program again: it wrote this state itself and takes it as it is.
+        return Ok(());
+    }
+    // Every service process is still there (a child that ended is a zombie until reaped).
+    // A main pid a service named itself (MAINPID=) may be no child of ours and may have ended.
     for (name, pid) in h.supervisor.pids() {
-        match crate::procfs::stat(pid).map(|s| s.ppid) {
-            Some(parent) if parent == me => {}
-            Some(parent) => return Err(format!("service {name}: pid {pid} is the child of {parent}, not of this PID 1 ({me})")),
-            None => return Err(format!("service {name}: pid {pid} does not exist")),
+        if crate::procfs::stat(pid).is_none() && !h.supervisor.named_pid(name) {
+            return Err(format!("service {name}: pid {pid} does not exist"));
         }
     }
     Ok(())
@@ -434,10 +457,18 @@ pub fn resume(fd: RawFd, fell_back: Option<String>, reactor: Reactor, start: Ins
     init.os.cgroups = crate::cgroup::Cgroups::adopt(h.cgroup_base.clone());
     init.os.notify_socket = h.notify_path.clone();
     init.os.oom_seen = h.oom_seen.iter().cloned().collect();
+    // Copies are adopted (close-on-exec); the originals stay open and untouched until `main`
+    // closes them once this succeeded, so a panic from here on still leaves the previous
+    // program everything it needs to run again.
+    let originals = h.fds();
     let adopt = &mut |fd: RawFd| -> OwnedFd {
-        set_cloexec(fd, true);
-        // SAFETY: checked open above, handed to us by the previous program, adopted once.
-        unsafe { OwnedFd::from_raw_fd(fd) }
+        // SAFETY: F_DUPFD_CLOEXEC of a descriptor checked open above; the copy is ours.
+        let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+        if copy < 0 {
+            panic!("descriptor {fd} of the handover cannot be copied: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor owned by no one else.
+        unsafe { OwnedFd::from_raw_fd(copy) }
     };
     for (fd, id, stream) in init.os.logbook.restore(h.logs, adopt) {
         init.watch(fd, Token::Log(id, stream));
@@ -487,8 +518,9 @@ pub fn resume(fd: RawFd, fell_back: Option<String>, reactor: Reactor, start: Ins
     };
     say!("re-exec: {detail}");
     init.publish_event(proto::Event { ts_ms: now_ms(), kind: proto::EventKind::Reexec, service: None, pid: None, detail });
-    // Children that ended during the exec: their SIGCHLD is pending, and reaped now anyway.
-    init.reap();
+    // Children that ended during the exec: their SIGCHLD stayed pending (signals stay blocked
+    // across exec), so the loop's first turn reaps them.
+    init.reexec.originals = originals;
     Ok(init)
 }
 
@@ -500,7 +532,7 @@ pub fn fall_back(state_fd: RawFd, previous: Option<RawFd>, why: &str) -> String 
     };
     say!("re-exec: this program cannot take over ({why}); going back to the previous one");
     let to_c = |s: &str| CString::new(s.replace('\0', " ")).unwrap_or_default();
-    let argv = [to_c("ghost-init"), to_c("--resume"), to_c(&state_fd.to_string()), to_c("--fell-back"), to_c(why)];
+    let argv = [to_c("ghost-init"), to_c("--resume"), to_c(&state_fd.to_string()), to_c("--fallback"), to_c(&old.to_string()), to_c("--fell-back"), to_c(why)];
     let env: Vec<CString> = std::env::vars().filter(|(k, _)| k != FAULT_ENV).map(|(k, v)| to_c(&format!("{k}={v}"))).collect();
     let err = fexec_or_exec(Ok(old), &argv, &env, &[state_fd, old]);
     format!("{why}; and the previous program could not be run again: {err}")

@@ -137,6 +137,8 @@ pub struct Service {
     pub start_failed: Option<String>,
     /// A restart with `overlap = true` under way: the second process of the service.
     pub overlap: Option<Overlap>,
+    /// The main pid is one the service named (MAINPID=), not necessarily a child of PID 1.
+    pub mainpid: bool,
 }
 
 /// The second process of a service during an overlapping restart.
@@ -317,6 +319,7 @@ impl Supervisor {
         svc.status_text = None;
         svc.ready_in_flight = false;
         svc.watchdog_deadline = None;
+        svc.mainpid = false;
         match os.spawn(svc) {
             Ok(pid) => {
                 svc.start_failed = None;
@@ -443,6 +446,8 @@ impl Supervisor {
                 // The old process ended while its successor starts: the successor is the
                 // service now, and becomes ready as any new process does.
                 let Some(Overlap::Successor { pid: new, .. }) = svc.overlap.take() else { return Some(i) };
+                // What the old one left in its process group goes; the new one is in its own.
+                os.signal(svc, pid, libc::SIGKILL);
                 notes.push(note(proto::EventKind::Exited, svc, Some(pid), format!("{what}; pid {new}, started to replace it, takes over")));
                 svc.state = State::Starting { pid: new, since: now };
             }
@@ -628,6 +633,7 @@ impl Supervisor {
                 "MAINPID" => {
                     if let (Ok(p), State::Starting { since, .. } | State::Running { since, .. }) = (v.parse::<i32>(), svc.state.clone()) {
                         if p > 0 {
+                            svc.mainpid = true;
                             svc.state = match svc.state {
                                 State::Starting { .. } => State::Starting { pid: p, since },
                                 _ => State::Running { pid: p, since },
@@ -657,10 +663,21 @@ impl Supervisor {
     pub fn successor_notify(&mut self, i: usize, msg: &str, os: &mut dyn Os, now: Instant, notes: &mut Vec<Note>) {
         let grace = self.services[i].spec.stop_timeout_s.map(Duration::from_secs).unwrap_or(self.stop_timeout);
         let svc = &mut self.services[i];
-        let (Some(Overlap::Successor { pid: new, .. }), State::Running { pid: old, .. }) = (svc.overlap, svc.state.clone()) else { return };
+        let (Some(Overlap::Successor { pid: mut new, deadline }), State::Running { pid: old, .. }) = (svc.overlap, svc.state.clone()) else { return };
+        // A forking daemon names its real main process before it is ready: that one is the
+        // successor from now on.
+        let mut named = false;
+        for l in msg.lines() {
+            if let Some(p) = l.strip_prefix("MAINPID=").and_then(|v| v.parse::<i32>().ok()).filter(|&p| p > 0) {
+                new = p;
+                named = true;
+                svc.overlap = Some(Overlap::Successor { pid: new, deadline });
+            }
+        }
         if !msg.lines().any(|l| l == "READY=1") {
             return;
         }
+        svc.mainpid = named;
         svc.state = State::Running { pid: new, since: now };
         svc.restarts += 1;
         svc.health = HealthState { status: svc.health.status, failures: 0, next: svc.spec.health.as_ref().map(|h| now + Duration::from_secs(h.interval_s)), in_flight: false };
@@ -679,6 +696,12 @@ impl Supervisor {
         let svc = &mut self.services[i];
         match svc.overlap.take() {
             Some(Overlap::Successor { .. }) => {
+                // The kernel's OOM count moves on here too, so that the old process's later
+                // exit is not taken for this one's OOM.
+                if os.oom_killed(svc) {
+                    notes.push(note(proto::EventKind::Oom, svc, Some(pid), "the new process was killed by the OOM killer"));
+                }
+                let svc = &mut self.services[i];
                 // What it left in its own process group goes with it; the old one is untouched.
                 os.signal(svc, pid, libc::SIGKILL);
                 let old = svc.state.pid().map(|p| format!("; pid {p} goes on")).unwrap_or_default();
@@ -686,6 +709,8 @@ impl Supervisor {
                 notes.push(note(proto::EventKind::Exited, svc, Some(pid), format!("the new process ended before it was ready ({exit}){old}")));
             }
             Some(Overlap::Retiring { .. }) => {
+                let _ = os.oom_killed(svc);
+                let svc = &mut self.services[i];
                 os.signal(svc, pid, libc::SIGKILL);
                 notes.push(note(proto::EventKind::Stopped, svc, Some(pid), format!("replaced ({exit})")));
             }
@@ -964,6 +989,7 @@ fn new_service(id: u32, name: String, spec: ServiceFile) -> Service {
         ever_ready: false,
         start_failed: None,
         overlap: None,
+        mainpid: false,
     }
 }
 

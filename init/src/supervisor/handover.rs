@@ -71,6 +71,8 @@ pub struct SavedService {
     status_text: Option<String>,
     ever_ready: bool,
     start_failed: Option<String>,
+    #[serde(default)]
+    mainpid: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +86,12 @@ pub struct SavedSupervisor {
 impl SavedSupervisor {
     pub fn len(&self) -> usize {
         self.services.len()
+    }
+
+    /// Whether service `name`'s main pid was named by the service itself (MAINPID=), so that
+    /// it need not be PID 1's child.
+    pub fn named_pid(&self, name: &str) -> bool {
+        self.services.iter().find(|s| s.name == name).is_some_and(|s| s.mainpid)
     }
 
     /// (service, pid) of every service process.
@@ -151,6 +159,7 @@ fn save_service(s: &Service, now: Instant) -> SavedService {
         status_text: s.status_text.clone(),
         ever_ready: s.ever_ready,
         start_failed: s.start_failed.clone(),
+        mainpid: s.mainpid,
     }
 }
 
@@ -182,6 +191,7 @@ fn restore_service(s: SavedService, now: Instant) -> Service {
     svc.status_text = s.status_text;
     svc.ever_ready = s.ever_ready;
     svc.start_failed = s.start_failed;
+    svc.mainpid = s.mainpid;
     svc
 }
 
