@@ -308,7 +308,7 @@ fn a_random_qwen2_model_writes_valid_tool_calls_through_the_generator() {
     let dir = tempfile::tempdir().unwrap();
     let forms = FixtureForms { safetensors: true, gguf_q8_0: false, gguf_q4_k_m: false };
     fixture::write(dir.path(), &FixtureSpec::tiny(), forms).unwrap();
-    let mut model = Generator::load(dir.path(), &LoadOptions { threads: 2, weights: None }).unwrap();
+    let mut model = Generator::load(dir.path(), &LoadOptions { threads: 2, weights: None, candle_only: false }).unwrap();
     let vocab = Arc::new(Vocabulary::from_tokenizer(model.tokenizer(), None));
     let eos = model.eos_token_ids().to_vec();
     let tools = tools();

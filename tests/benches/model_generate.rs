@@ -96,6 +96,7 @@ fn main() {
             &LoadOptions {
                 threads,
                 weights: None,
+                candle_only: false,
             },
         )
         .expect("load");

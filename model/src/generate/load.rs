@@ -36,6 +36,8 @@ pub(crate) enum Backend {
         config: llama::Config,
     },
     QuantizedQwen2(quantized_qwen2::ModelWeights),
+    /// Qwen2 from a GGUF whose projections are all Q8_0: our own decoder (q8.rs).
+    Q8Qwen2(Box<super::q8::Q8Qwen2>),
     QuantizedQwen3(quantized_qwen3::ModelWeights),
     QuantizedLlama(quantized_llama::ModelWeights),
 }
@@ -49,10 +51,18 @@ impl Backend {
             Backend::Qwen3(m) => m.forward(&input, pos)?,
             Backend::Llama { model, cache, .. } => model.forward(&input, pos, cache)?,
             Backend::QuantizedQwen2(m) => m.forward(&input, pos)?,
+            Backend::Q8Qwen2(m) => return m.forward(tokens, pos),
             Backend::QuantizedQwen3(m) => m.forward(&input, pos)?,
             Backend::QuantizedLlama(m) => m.forward(&input, pos)?,
         };
         logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
+    }
+
+    pub(crate) fn engine(&self) -> &'static str {
+        match self {
+            Backend::Q8Qwen2(_) => "q8",
+            _ => "candle",
+        }
     }
 
     /// Forgets every cached position, so the next forward starts a new sequence at 0.
@@ -64,6 +74,7 @@ impl Backend {
                 *cache = llama::Cache::new(true, DType::F32, config, &Device::Cpu)?
             }
             Backend::QuantizedQwen2(m) => m.clear_kv_cache(),
+            Backend::Q8Qwen2(m) => m.clear_kv_cache(),
             Backend::QuantizedQwen3(m) => m.clear_kv_cache(),
             Backend::QuantizedLlama(m) => m.clear_kv_cache(),
         }
@@ -165,7 +176,7 @@ pub(crate) fn find_weights(
     }
 }
 
-pub(crate) fn load(dir: &Path, files: WeightFiles) -> Result<LoadedWeights, GenerateError> {
+pub(crate) fn load(dir: &Path, files: WeightFiles, candle_only: bool) -> Result<LoadedWeights, GenerateError> {
     let path = match &files {
         WeightFiles::Safetensors(paths) => {
             paths.first().cloned().unwrap_or_else(|| dir.to_path_buf())
@@ -176,7 +187,7 @@ pub(crate) fn load(dir: &Path, files: WeightFiles) -> Result<LoadedWeights, Gene
     // arithmetic overflow or index panic inside it; a bad file must never take the server down.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match files {
         WeightFiles::Safetensors(paths) => load_safetensors(dir, &paths),
-        WeightFiles::Gguf(path) => load_gguf(dir, &path),
+        WeightFiles::Gguf(path) => load_gguf(dir, &path, candle_only),
     }));
     result.unwrap_or_else(|panic| {
         let reason = panic
@@ -310,7 +321,7 @@ fn load_safetensors(dir: &Path, paths: &[PathBuf]) -> Result<LoadedWeights, Gene
     })
 }
 
-fn load_gguf(_dir: &Path, path: &Path) -> Result<LoadedWeights, GenerateError> {
+fn load_gguf(_dir: &Path, path: &Path, candle_only: bool) -> Result<LoadedWeights, GenerateError> {
     let corrupt = |reason: String| GenerateError::CorruptWeights {
         path: path.to_path_buf(),
         reason,
@@ -368,8 +379,17 @@ fn load_gguf(_dir: &Path, path: &Path) -> Result<LoadedWeights, GenerateError> {
     let device = Device::Cpu;
     let backend = match architecture {
         Architecture::Qwen2 => {
-            quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, &device)
-                .map(Backend::QuantizedQwen2)
+            // Our Q8_0 decoder where every projection is Q8_0 (`GHOST_MODEL_ENGINE=candle`
+            // keeps Candle's, to compare); Candle's for every other quantization.
+            let ours = if candle_only {
+                None
+            } else {
+                super::q8::Q8Qwen2::from_gguf(&content, &mut reader, rayon::current_num_threads()).map_err(|e| corrupt(e.to_string()))?
+            };
+            match ours {
+                Some(m) => Ok(Backend::Q8Qwen2(Box::new(m))),
+                None => quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, &device).map(Backend::QuantizedQwen2),
+            }
         }
         Architecture::Qwen3 => {
             // Candle's quantized Qwen3 builds its rotary tables in the type named by

@@ -11,6 +11,7 @@
 //! let mut model = Generator::load("/var/lib/ghost/models/qwen".as_ref(), &LoadOptions {
 //!     threads: 2,
 //!     weights: None, // or Some(path of the .gguf / .safetensors to use)
+//!     candle_only: false,
 //! })?;
 //! let messages = [ChatMessage::system("You are terse."), ChatMessage::user("Hi")];
 //! let opts = GenerateOptions { max_tokens: 64, temperature: 0.7, seed: Some(42), ..Default::default() };
@@ -56,6 +57,7 @@
 mod arch;
 mod error;
 mod load;
+mod q8;
 mod run;
 mod sample;
 mod stop;
@@ -97,6 +99,9 @@ pub struct LoadOptions {
     /// The weights file to load (.gguf or .safetensors); `None` picks from the directory:
     /// safetensors if present, otherwise its only .gguf.
     pub weights: Option<PathBuf>,
+    /// Candle's quantized Qwen2 even where our Q8_0 decoder would run (comparisons; also
+    /// `GHOST_MODEL_ENGINE=candle` in the environment).
+    pub candle_only: bool,
 }
 
 /// Settings of one generation.
@@ -250,7 +255,8 @@ impl Generator {
             .map_err(|e| {
                 GenerateError::Inference(format!("cannot start {threads} inference threads: {e}"))
             })?;
-        let loaded = pool.install(|| load::load(&dir, files))?;
+        let candle_only = opts.candle_only || std::env::var("GHOST_MODEL_ENGINE").as_deref() == Ok("candle");
+        let loaded = pool.install(|| load::load(&dir, files, candle_only))?;
 
         let primary_eos = loaded.eos_token_ids.first().copied();
         let mut eos_token_ids = loaded.eos_token_ids;
@@ -306,6 +312,11 @@ impl Generator {
     }
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
+    }
+
+    /// What runs the forward pass: `q8` (our Q8_0 Qwen2 decoder) or `candle`.
+    pub fn engine(&self) -> &'static str {
+        self.backend.engine()
     }
 
     /// The prompt text the chat template makes of `messages`, assistant turn opened.

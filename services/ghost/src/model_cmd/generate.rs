@@ -58,7 +58,7 @@ pub fn run(a: GenerateArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
         }
     };
     let started = std::time::Instant::now();
-    let mut model = Generator::load_with_tokenizer(&weights, tokenizer.as_deref(), &LoadOptions { threads: a.threads, weights: None })?;
+    let mut model = Generator::load_with_tokenizer(&weights, tokenizer.as_deref(), &LoadOptions { threads: a.threads, weights: None, candle_only: false })?;
     eprintln!(
         "loaded {} ({:?}, {:?}) in {:.1} s on {} threads",
         model.weights_path().display(),

@@ -125,7 +125,7 @@ impl BringUp {
             self.state.set_phase(Phase::Loading(what));
             let started = Instant::now();
             let result = local::generate_paths(&cache, &self.models, &self.manifest).and_then(|(weights, tokenizer)| {
-                Generator::load_with_tokenizer(&weights, tokenizer.as_deref(), &LoadOptions { threads: self.threads, weights: None }).map_err(anyhow::Error::from)
+                Generator::load_with_tokenizer(&weights, tokenizer.as_deref(), &LoadOptions { threads: self.threads, weights: None, candle_only: false }).map_err(anyhow::Error::from)
             });
             match result {
                 Ok(g) => {
