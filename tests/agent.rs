@@ -108,8 +108,10 @@ verify = { tool = "service.status", args = { name = "nosuch" }, expect = { state
     kill(pid, libc::SIGKILL);
     w.repaired_by("revive-dead-service", Duration::from_secs(10));
     let took = t.elapsed();
+    // The revive's own verification may still be closing at this instant (a loaded machine):
+    // wait for it, then only the slow one is open.
+    assert!(eventually(Duration::from_secs(5), || w.ctl_json(&["agent"])["verifying"] == 1), "the slow one is still being verified, alone: {}", w.ctl(&["agent"]).1);
     let status = w.ctl_json(&["agent"]);
-    assert_eq!(status["verifying"], 1, "the slow one is still being verified: {status}");
     assert_eq!(status["repairs_failed"], 0, "{status}");
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert_ne!(w.running_pid("victim"), pid);

@@ -32,16 +32,42 @@ fn err(msg: impl Into<String>) -> candle_core::Error {
     candle_core::Error::Msg(msg.into())
 }
 
-/// A Q8_0 matrix of `rows` × `cols`, unpacked: `scales[r * blocks + b]`, `quants[r * cols + i]`.
+/// One block (32 columns) of four consecutive rows: their scales, then their values. A
+/// product walks a row quad's tiles in order, so its reads are one sequential stream.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct Tile {
+    d: [f32; 4],
+    q: [[i8; BLOCK]; 4],
+}
+
+/// A Q8_0 matrix of `rows` × `cols`, unpacked into tiles: quad `r / 4`, block `b` is
+/// `tiles[(r / 4) * blocks + b]` (rows past the end are zeros).
 pub struct Q8Matrix {
     rows: usize,
     cols: usize,
     blocks: usize,
-    scales: Vec<f32>,
-    quants: Vec<i8>,
+    tiles: Vec<Tile>,
 }
 
 impl Q8Matrix {
+    /// From row-major scales (`rows × blocks`) and values (`rows × cols`).
+    fn from_rows(rows: usize, cols: usize, scale: impl Fn(usize, usize) -> f32, value: impl Fn(usize, usize) -> i8) -> Q8Matrix {
+        let blocks = cols / BLOCK;
+        let quads = rows.div_ceil(4);
+        let mut tiles = vec![Tile { d: [0.0; 4], q: [[0; BLOCK]; 4] }; quads * blocks];
+        for r in 0..rows {
+            for b in 0..blocks {
+                let t = &mut tiles[(r / 4) * blocks + b];
+                t.d[r % 4] = scale(r, b);
+                for i in 0..BLOCK {
+                    t.q[r % 4][i] = value(r, b * BLOCK + i);
+                }
+            }
+        }
+        Q8Matrix { rows, cols, blocks, tiles }
+    }
+
     /// From a Q8_0 tensor of shape (rows, cols); `None` when it is not one or cols is not a
     /// whole number of blocks.
     fn from_qtensor(t: &QTensor) -> candle_core::Result<Option<Q8Matrix>> {
@@ -55,23 +81,23 @@ impl Q8Matrix {
         if data.len() != rows * blocks * BLOCK_BYTES {
             return Err(err(format!("Q8_0 tensor of {rows}×{cols} holds {} bytes, not {}", data.len(), rows * blocks * BLOCK_BYTES)));
         }
-        let mut scales = Vec::with_capacity(rows * blocks);
-        let mut quants = Vec::with_capacity(rows * cols);
-        for b in data.chunks_exact(BLOCK_BYTES) {
-            scales.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
-            quants.extend(b[2..].iter().map(|&q| q as i8));
-        }
-        Ok(Some(Q8Matrix { rows, cols, blocks, scales, quants }))
+        let block = |r: usize, b: usize| &data[(r * blocks + b) * BLOCK_BYTES..(r * blocks + b + 1) * BLOCK_BYTES];
+        Ok(Some(Q8Matrix::from_rows(rows, cols, |r, b| half::f16::from_le_bytes([block(r, b)[0], block(r, b)[1]]).to_f32(), |r, i| block(r, i / BLOCK)[2 + i % BLOCK] as i8)))
     }
 
     /// Row `r` as floats (embedding lookups).
     fn row_f32(&self, r: usize, out: &mut [f32]) {
         for b in 0..self.blocks {
-            let d = self.scales[r * self.blocks + b];
+            let t = &self.tiles[(r / 4) * self.blocks + b];
             for i in 0..BLOCK {
-                out[b * BLOCK + i] = d * self.quants[r * self.cols + b * BLOCK + i] as f32;
+                out[b * BLOCK + i] = t.d[r % 4] * t.q[r % 4][i] as f32;
             }
         }
+    }
+
+    /// The tiles of row quad `quad`.
+    fn quad(&self, quad: usize) -> &[Tile] {
+        &self.tiles[quad * self.blocks..(quad + 1) * self.blocks]
     }
 }
 
@@ -118,42 +144,36 @@ fn kernel() -> Kernel {
     Kernel::Scalar
 }
 
-/// Four weight rows (`w0`..`w3`, quants and scales) against one activation: four dot products.
-fn dot4(k: Kernel, w: [(&[i8], &[f32]); 4], x: &Q8Acts) -> [f32; 4] {
+/// One row quad (its tiles) against one activation: four dot products.
+fn dot4(k: Kernel, w: &[Tile], x: &Q8Acts) -> [f32; 4] {
     match k {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: chosen only where the CPU has these features; slices hold whole blocks.
+        // SAFETY: chosen only where the CPU has these features; the activation has one block
+        // per tile.
         Kernel::Vnni => unsafe { x86::dot4_vnni(w, &x.quants, &x.scales) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Kernel::Avx2 => unsafe { x86::dot4_avx2(w, &x.quants, &x.scales) },
-        Kernel::Scalar => {
-            let mut out = [0f32; 4];
-            for (o, (q, s)) in out.iter_mut().zip(w) {
-                *o = dot_scalar(q, s, &x.quants, &x.scales);
-            }
-            out
-        }
+        Kernel::Scalar => dot4_scalar(w, &x.quants, &x.scales),
     }
 }
 
-fn dot_scalar(wq: &[i8], ws: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
-    let mut sum = 0f32;
-    for b in 0..ws.len() {
-        let mut acc = 0i32;
-        for i in b * BLOCK..(b + 1) * BLOCK {
-            acc += wq[i] as i32 * xq[i] as i32;
+fn dot4_scalar(w: &[Tile], xq: &[i8], xs: &[f32]) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    for (b, t) in w.iter().enumerate() {
+        for (j, o) in out.iter_mut().enumerate() {
+            let acc: i32 = (0..BLOCK).map(|i| t.q[j][i] as i32 * xq[b * BLOCK + i] as i32).sum();
+            *o += acc as f32 * t.d[j] * xs[b];
         }
-        sum += acc as f32 * ws[b] * xs[b];
     }
-    sum
+    out
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::BLOCK;
+    use super::{Tile, BLOCK};
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -166,20 +186,19 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn dot4_vnni(w: [(&[i8], &[f32]); 4], xq: &[i8], xs: &[f32]) -> [f32; 4] {
+    pub unsafe fn dot4_vnni(w: &[Tile], xq: &[i8], xs: &[f32]) -> [f32; 4] {
         let mut acc = [_mm256_setzero_ps(); 4];
         let zero = _mm256_setzero_si256();
-        for b in 0..xs.len() {
+        for (b, t) in w.iter().enumerate() {
             let xv = _mm256_loadu_si256(xq.as_ptr().add(b * BLOCK) as *const __m256i);
             // |x| as unsigned bytes, and w carrying x's sign: |x|·(w·sign x) = w·x.
             let ax = _mm256_sign_epi8(xv, xv);
             let xd = *xs.get_unchecked(b);
             for j in 0..4 {
-                let (wq, ws) = w[j];
-                let wv = _mm256_loadu_si256(wq.as_ptr().add(b * BLOCK) as *const __m256i);
+                let wv = _mm256_loadu_si256(t.q[j].as_ptr() as *const __m256i);
                 let sw = _mm256_sign_epi8(wv, xv);
                 let dot = _mm256_dpbusd_epi32(zero, ax, sw);
-                let scale = _mm256_set1_ps(xd * *ws.get_unchecked(b));
+                let scale = _mm256_set1_ps(xd * t.d[j]);
                 acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[j]);
             }
         }
@@ -187,20 +206,19 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot4_avx2(w: [(&[i8], &[f32]); 4], xq: &[i8], xs: &[f32]) -> [f32; 4] {
+    pub unsafe fn dot4_avx2(w: &[Tile], xq: &[i8], xs: &[f32]) -> [f32; 4] {
         let mut acc = [_mm256_setzero_ps(); 4];
         let ones = _mm256_set1_epi16(1);
-        for b in 0..xs.len() {
+        for (b, t) in w.iter().enumerate() {
             let xv = _mm256_loadu_si256(xq.as_ptr().add(b * BLOCK) as *const __m256i);
             let ax = _mm256_sign_epi8(xv, xv);
             let xd = *xs.get_unchecked(b);
             for j in 0..4 {
-                let (wq, ws) = w[j];
-                let wv = _mm256_loadu_si256(wq.as_ptr().add(b * BLOCK) as *const __m256i);
+                let wv = _mm256_loadu_si256(t.q[j].as_ptr() as *const __m256i);
                 let sw = _mm256_sign_epi8(wv, xv);
                 // 127·127·2 fits an i16: no saturation with values in [-127, 127].
                 let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), ones);
-                let scale = _mm256_set1_ps(xd * *ws.get_unchecked(b));
+                let scale = _mm256_set1_ps(xd * t.d[j]);
                 acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[j]);
             }
         }
@@ -252,6 +270,11 @@ impl Pool {
             })
             .collect();
         Pool { shared, workers }
+    }
+
+    /// Threads that take part in a job, the caller included.
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
     }
 
     /// Runs `f(0..tasks)` across the pool and the calling thread; returns when all are done.
@@ -324,8 +347,10 @@ impl Drop for Pool {
     }
 }
 
-/// Rows handed out per task.
-const ROWS_PER_TASK: usize = 32;
+/// Tasks per thread of one product: few, so that each thread streams long contiguous runs of
+/// rows (the hardware prefetcher's best case), and more than one, so that a thread that was
+/// late takes fewer.
+const TASKS_PER_THREAD: usize = 4;
 
 /// `out[t * w.rows + r] = w[r] · x[t]` for every token `t` of `xs` (quantized), in parallel
 /// over the rows.
@@ -333,21 +358,19 @@ fn matmul(pool: &Pool, k: Kernel, w: &Q8Matrix, xs: &[Q8Acts], out: &mut [f32]) 
     let rows = w.rows;
     debug_assert_eq!(out.len(), rows * xs.len());
     let out_ptr = out.as_mut_ptr() as usize;
-    let tasks = rows.div_ceil(ROWS_PER_TASK);
+    let per_task = rows.div_ceil(pool.threads() * TASKS_PER_THREAD).next_multiple_of(4).max(16);
+    let tasks = rows.div_ceil(per_task);
     pool.run(tasks, &|task| {
-        let r0 = task * ROWS_PER_TASK;
-        let r1 = (r0 + ROWS_PER_TASK).min(rows);
-        let row = |r: usize| (&w.quants[r * w.cols..(r + 1) * w.cols], &w.scales[r * w.blocks..(r + 1) * w.blocks]);
+        let r0 = task * per_task;
+        let r1 = (r0 + per_task).min(rows);
         let mut r = r0;
         while r < r1 {
-            // Four rows at a time (the last ones repeated when fewer are left).
-            let idx = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
-            let quad = [row(idx[0]), row(idx[1]), row(idx[2]), row(idx[3])];
+            let quad = w.quad(r / 4);
             for (t, x) in xs.iter().enumerate() {
                 let d = dot4(k, quad, x);
-                for j in 0..4.min(r1 - r) {
+                for (j, v) in d.iter().enumerate().take(r1 - r) {
                     // SAFETY: each (token, row) cell is written by exactly one task.
-                    unsafe { *(out_ptr as *mut f32).add(t * rows + r + j) = d[j] };
+                    unsafe { *(out_ptr as *mut f32).add(t * rows + r + j) = *v };
                 }
             }
             r += 4;
@@ -658,16 +681,18 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let w = Q8Matrix {
-            rows,
-            cols,
-            blocks: cols / BLOCK,
-            scales: (0..rows * cols / BLOCK).map(|_| (next() % 1000) as f32 / 1e4 + 1e-4).collect(),
-            quants: (0..rows * cols).map(|_| ((next() % 255) as i32 - 127) as i8).collect(),
-        };
+        let scales: Vec<f32> = (0..rows * cols / BLOCK).map(|_| (next() % 1000) as f32 / 1e4 + 1e-4).collect();
+        let quants: Vec<i8> = (0..rows * cols).map(|_| ((next() % 255) as i32 - 127) as i8).collect();
+        let w = Q8Matrix::from_rows(rows, cols, |r, b| scales[r * 3 + b], |r, i| quants[r * cols + i]);
         let x: Vec<f32> = (0..cols).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
         let a = acts(&x);
-        let want: Vec<f32> = (0..rows).map(|r| dot_scalar(&w.quants[r * cols..(r + 1) * cols], &w.scales[r * 3..(r + 1) * 3], &a.quants, &a.scales)).collect();
+        // Plain integer arithmetic on the rows as given.
+        let want: Vec<f32> = (0..rows)
+            .map(|r| (0..3).map(|b| (0..BLOCK).map(|i| quants[r * cols + b * BLOCK + i] as i32 * a.quants[b * BLOCK + i] as i32).sum::<i32>() as f32 * scales[r * 3 + b] * a.scales[b]).sum())
+            .collect();
+        let mut row = vec![0f32; cols];
+        w.row_f32(5, &mut row);
+        assert_eq!(row[33], scales[5 * 3 + 1] * quants[5 * cols + 33] as f32);
         let mut kernels = vec![Kernel::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
