@@ -521,21 +521,11 @@ impl<'a> Crucible<'a> {
             seconds.insert("reexec_ms".into(), (r.took_us as f64 / 1000.0).into());
         }
         let p = Instant::now();
-        let deadline = p + self.unit.probation;
-        let trouble = loop {
-            match sv.init() {
-                Err(e) => break Some(format!("PID 1 did not answer in probation: {e}")),
-                Ok(i) if i.reexecs != after.reexecs || i.binary != after.binary => {
-                    break Some(format!("PID 1 changed program in probation: it runs {} (re-exec {})", i.binary, i.reexecs))
-                }
-                Ok(_) => {}
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break None;
-            }
-            std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
-        };
+        let trouble = self.watch(|| match sv.init() {
+            Err(e) => Some(format!("PID 1 did not answer in probation: {e}")),
+            Ok(i) if i.reexecs != after.reexecs || i.binary != after.binary => Some(format!("PID 1 changed program in probation: it runs {} (re-exec {})", i.binary, i.reexecs)),
+            Ok(_) => None,
+        });
         seconds.insert("probation".into(), p.elapsed().as_secs_f64().into());
         let Some(why) = trouble else { return Ok(None) };
         let r = Instant::now();
@@ -592,25 +582,29 @@ impl<'a> Crucible<'a> {
     /// Watches the service for the unit's probation window; `Some(why)` when it misbehaved.
     fn probation(&self, after_swap: Option<(String, Option<i32>, u32)>) -> Option<String> {
         let (Some(sv), Some(service)) = (self.supervisor, &self.unit.service) else { return None };
-        let deadline = Instant::now() + self.unit.probation;
         let (_, pid0, restarts0) = after_swap.unwrap_or_default();
+        self.watch(|| match sv.status(service) {
+            Err(e) => Some(format!("its status cannot be read: {e}")),
+            Ok((state, pid, restarts)) if restarts > restarts0 || (pid0.is_some() && pid != pid0) => {
+                Some(format!("{service} died in probation (state {state}, {} restart(s))", restarts - restarts0.min(restarts)))
+            }
+            Ok((state, ..)) if state != "running" => Some(format!("{service} is {state} in probation")),
+            Ok(_) => None,
+        })
+    }
+
+    /// Polls `trouble` for the unit's probation window (every 50 ms: ghost-init has no
+    /// "changed" notification for one service or for itself); the first complaint, if any.
+    fn watch(&self, mut trouble: impl FnMut() -> Option<String>) -> Option<String> {
+        let deadline = Instant::now() + self.unit.probation;
         loop {
-            match sv.status(service) {
-                Err(e) => return Some(format!("its status cannot be read: {e}")),
-                Ok((state, pid, restarts)) => {
-                    if restarts > restarts0 || (pid0.is_some() && pid != pid0) {
-                        return Some(format!("{service} died in probation (state {state}, {} restart(s))", restarts - restarts0.min(restarts)));
-                    }
-                    if state != "running" {
-                        return Some(format!("{service} is {state} in probation"));
-                    }
-                }
+            if let Some(why) = trouble() {
+                return Some(why);
             }
             let now = Instant::now();
             if now >= deadline {
                 return None;
             }
-            // ghost-init's status has no "changed" notification for one service: poll it.
             std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
         }
     }

@@ -342,7 +342,8 @@ impl Init {
             }
         }
         for (pid, text) in batch {
-            let successor = self.supervisor.find_overlap(pid).or_else(|| self.supervisor.find_overlap(crate::notify::process_group(pid)?));
+            // Only while an overlapping restart is under way (no /proc read otherwise).
+            let successor = self.supervisor.overlapping().and_then(|_| self.supervisor.find_overlap(pid).or_else(|| self.supervisor.find_overlap(crate::notify::process_group(pid)?)));
             if let Some(i) = successor {
                 let mut notes = Vec::new();
                 self.supervisor.successor_notify(i, &text, &mut self.os, Instant::now(), &mut notes);

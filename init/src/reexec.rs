@@ -377,14 +377,22 @@ impl Init {
 
 /// execve with `kept` inherited; returns the error when it fails (and `kept` close-on-exec again).
 fn exec(program: &Path, args: &[String], kept: &[RawFd]) -> std::io::Error {
-    let to_c = |s: &str| CString::new(s).unwrap_or_default();
     let prog = match CString::new(program.as_os_str().as_encoded_bytes()) {
         Ok(p) => p,
         Err(_) => return std::io::Error::other("the path contains a NUL byte"),
     };
-    let argv_c: Vec<CString> = args.iter().map(|a| to_c(a)).collect();
-    let env_c: Vec<CString> = std::env::vars().filter(|(k, _)| k != FAULT_ENV).map(|(k, v)| to_c(&format!("{k}={v}"))).collect();
-    fexec_or_exec(Err(&prog), &argv_c, &env_c, kept)
+    let argv_c: Vec<CString> = args.iter().map(|a| c_string(a)).collect();
+    fexec_or_exec(Err(&prog), &argv_c, &next_env(), kept)
+}
+
+/// A C string of `s` (a NUL inside, which no argument of ours has, becomes a space).
+fn c_string(s: &str) -> CString {
+    CString::new(s.replace('\0', " ")).unwrap_or_default()
+}
+
+/// The environment the next program gets: ours, less the test fault (it is for one program).
+fn next_env() -> Vec<CString> {
+    std::env::vars().filter(|(k, _)| k != FAULT_ENV).map(|(k, v)| c_string(&format!("{k}={v}"))).collect()
 }
 
 fn fexec_or_exec(target: Result<RawFd, &CString>, argv: &[CString], env: &[CString], kept: &[RawFd]) -> std::io::Error {
@@ -531,9 +539,7 @@ pub fn fall_back(state_fd: RawFd, previous: Option<RawFd>, why: &str) -> String 
         return format!("{why}; and there is no previous program to go back to");
     };
     say!("re-exec: this program cannot take over ({why}); going back to the previous one");
-    let to_c = |s: &str| CString::new(s.replace('\0', " ")).unwrap_or_default();
-    let argv = [to_c("ghost-init"), to_c("--resume"), to_c(&state_fd.to_string()), to_c("--fallback"), to_c(&old.to_string()), to_c("--fell-back"), to_c(why)];
-    let env: Vec<CString> = std::env::vars().filter(|(k, _)| k != FAULT_ENV).map(|(k, v)| to_c(&format!("{k}={v}"))).collect();
-    let err = fexec_or_exec(Ok(old), &argv, &env, &[state_fd, old]);
+    let argv = ["ghost-init", "--resume", &state_fd.to_string(), "--fallback", &old.to_string(), "--fell-back", why].map(c_string);
+    let err = fexec_or_exec(Ok(old), &argv, &next_env(), &[state_fd, old]);
     format!("{why}; and the previous program could not be run again: {err}")
 }

@@ -65,7 +65,8 @@ impl State {
 }
 
 /// What happens once a service asked to stop is down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AfterStop {
     /// Stays down (operator stop, shutdown).
     Stay,

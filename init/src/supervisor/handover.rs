@@ -41,14 +41,6 @@ enum SavedState {
     Stopped,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-enum SavedAfterStop {
-    Stay,
-    Pending,
-    Restart,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SavedService {
     id: u32,
@@ -56,7 +48,7 @@ pub struct SavedService {
     spec: ServiceFile,
     state: SavedState,
     wanted: bool,
-    stop: Option<SavedAfterStop>,
+    stop: Option<AfterStop>,
     restarts: u32,
     consecutive_failures: u32,
     crash_loop: bool,
@@ -141,11 +133,7 @@ fn save_service(s: &Service, now: Instant) -> SavedService {
         spec: s.spec.clone(),
         state,
         wanted: s.wanted,
-        stop: s.stop.map(|a| match a {
-            AfterStop::Stay => SavedAfterStop::Stay,
-            AfterStop::Pending => SavedAfterStop::Pending,
-            AfterStop::Restart => SavedAfterStop::Restart,
-        }),
+        stop: s.stop,
         restarts: s.restarts,
         consecutive_failures: s.consecutive_failures,
         crash_loop: s.crash_loop,
@@ -174,11 +162,7 @@ fn restore_service(s: SavedService, now: Instant) -> Service {
         SavedState::Stopped => State::Stopped,
     };
     svc.wanted = s.wanted;
-    svc.stop = s.stop.map(|a| match a {
-        SavedAfterStop::Stay => AfterStop::Stay,
-        SavedAfterStop::Pending => AfterStop::Pending,
-        SavedAfterStop::Restart => AfterStop::Restart,
-    });
+    svc.stop = s.stop;
     svc.restarts = s.restarts;
     svc.consecutive_failures = s.consecutive_failures;
     svc.crash_loop = s.crash_loop;

@@ -185,45 +185,33 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn dot4_vnni(w: &[Tile], xq: &[i8], xs: &[f32]) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let zero = _mm256_setzero_si256();
-        for (b, t) in w.iter().enumerate() {
-            let xv = _mm256_loadu_si256(xq.as_ptr().add(b * BLOCK) as *const __m256i);
-            // |x| as unsigned bytes, and w carrying x's sign: |x|·(w·sign x) = w·x.
-            let ax = _mm256_sign_epi8(xv, xv);
-            let xd = *xs.get_unchecked(b);
-            for j in 0..4 {
-                let wv = _mm256_loadu_si256(t.q[j].as_ptr() as *const __m256i);
-                let sw = _mm256_sign_epi8(wv, xv);
-                let dot = _mm256_dpbusd_epi32(zero, ax, sw);
-                let scale = _mm256_set1_ps(xd * t.d[j]);
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[j]);
+    /// One kernel per instruction set: the same walk over a row quad's tiles, with `$dot`
+    /// the sum of four products of `$ax` (|x| as unsigned bytes) and `$sw` (w carrying x's
+    /// sign), |x|·(w·sign x) = w·x, in each 32-bit lane.
+    macro_rules! dot4_kernel {
+        ($name:ident, $features:literal, |$ax:ident, $sw:ident| $dot:expr) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name(w: &[Tile], xq: &[i8], xs: &[f32]) -> [f32; 4] {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for (b, t) in w.iter().enumerate() {
+                    let xv = _mm256_loadu_si256(xq.as_ptr().add(b * BLOCK) as *const __m256i);
+                    let $ax = _mm256_sign_epi8(xv, xv);
+                    let xd = *xs.get_unchecked(b);
+                    for j in 0..4 {
+                        let wv = _mm256_loadu_si256(t.q[j].as_ptr() as *const __m256i);
+                        let $sw = _mm256_sign_epi8(wv, xv);
+                        let scale = _mm256_set1_ps(xd * t.d[j]);
+                        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot), scale, acc[j]);
+                    }
+                }
+                [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
             }
-        }
-        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+        };
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot4_avx2(w: &[Tile], xq: &[i8], xs: &[f32]) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let ones = _mm256_set1_epi16(1);
-        for (b, t) in w.iter().enumerate() {
-            let xv = _mm256_loadu_si256(xq.as_ptr().add(b * BLOCK) as *const __m256i);
-            let ax = _mm256_sign_epi8(xv, xv);
-            let xd = *xs.get_unchecked(b);
-            for j in 0..4 {
-                let wv = _mm256_loadu_si256(t.q[j].as_ptr() as *const __m256i);
-                let sw = _mm256_sign_epi8(wv, xv);
-                // 127·127·2 fits an i16: no saturation with values in [-127, 127].
-                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), ones);
-                let scale = _mm256_set1_ps(xd * t.d[j]);
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[j]);
-            }
-        }
-        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
-    }
+    dot4_kernel!(dot4_vnni, "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni", |ax, sw| _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sw));
+    // 127·127·2 fits an i16: no saturation with values in [-127, 127].
+    dot4_kernel!(dot4_avx2, "avx2,fma", |ax, sw| _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), _mm256_set1_epi16(1)));
 }
 
 fn q8_of<R: std::io::Read + std::io::Seek>(content: &gguf_file::Content, reader: &mut R, name: &str) -> candle_core::Result<Option<Q8Matrix>> {
