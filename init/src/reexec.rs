@@ -454,7 +454,21 @@ pub fn resume(fd: RawFd, fell_back: Option<String>, reactor: Reactor, start: Ins
     if let Err(e) = check(&h, fell_back.is_some()) {
         return Err((e, reactor));
     }
-    // From here on nothing fails: every descriptor is adopted (close-on-exec again) and owned.
+    // Close-on-exec copies of every handed-over descriptor, made before anything is built: one
+    // that cannot be copied sends us back to the previous program, whose originals are
+    // untouched (they are closed by `main` only once this succeeded).
+    let originals = h.fds();
+    let mut copies = std::collections::HashMap::with_capacity(originals.len());
+    for &fd in &originals {
+        // SAFETY: F_DUPFD_CLOEXEC of a descriptor checked open above; the copy is ours.
+        let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+        if copy < 0 {
+            return Err((format!("descriptor {fd} of the handover cannot be copied: {}", std::io::Error::last_os_error()), reactor));
+        }
+        // SAFETY: a fresh descriptor owned by no one else.
+        copies.insert(fd, unsafe { OwnedFd::from_raw_fd(copy) });
+    }
+    // From here on nothing fails: every descriptor's copy is adopted and owned.
     let now = Instant::now();
     let began = start.checked_sub(Duration::from_millis(h.up_ms)).unwrap_or(start);
     crate::log::restore(h.boot_log.as_bytes());
@@ -465,19 +479,8 @@ pub fn resume(fd: RawFd, fell_back: Option<String>, reactor: Reactor, start: Ins
     init.os.cgroups = crate::cgroup::Cgroups::adopt(h.cgroup_base.clone());
     init.os.notify_socket = h.notify_path.clone();
     init.os.oom_seen = h.oom_seen.iter().cloned().collect();
-    // Copies are adopted (close-on-exec); the originals stay open and untouched until `main`
-    // closes them once this succeeded, so a panic from here on still leaves the previous
-    // program everything it needs to run again.
-    let originals = h.fds();
-    let adopt = &mut |fd: RawFd| -> OwnedFd {
-        // SAFETY: F_DUPFD_CLOEXEC of a descriptor checked open above; the copy is ours.
-        let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-        if copy < 0 {
-            panic!("descriptor {fd} of the handover cannot be copied: {}", std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor owned by no one else.
-        unsafe { OwnedFd::from_raw_fd(copy) }
-    };
+    // Every descriptor asked for here is one of `h.fds()`, copied above, and asked for once.
+    let adopt = &mut |fd: RawFd| -> OwnedFd { copies.remove(&fd).unwrap_or_else(|| unreachable!("descriptor {fd} is not in the handover's list")) };
     for (fd, id, stream) in init.os.logbook.restore(h.logs, adopt) {
         init.watch(fd, Token::Log(id, stream));
     }
