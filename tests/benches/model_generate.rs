@@ -9,7 +9,8 @@
 //!
 //! Measured the way llama.cpp's llama-bench measures, so the figures compare with
 //! `llama-bench -m FILE.gguf -t 2 -p 128 -n 64 -r 3`: pp = prompt tokens / time of the one
-//! forward pass over the whole prompt; tg = single-token forward passes / their time (here
+//! forward pass over the whole prompt; tg = single-token forward passes from an empty context
+//! (after a one-token prompt, as llama-bench's tg starts at position 0) / their time (here
 //! including sampling and detokenizing, which llama-bench leaves out). End-of-sequence tokens are
 //! masked so every run generates the full count. One untimed warm-up run, then the median of
 //! the repetitions.
@@ -111,27 +112,27 @@ fn main() {
             ..Default::default()
         };
         let (mut pp, mut tg) = (Vec::new(), Vec::new());
-        for rep in 0..=reps {
+        let mut run = |prompt: &[u32], max_tokens: usize| {
             let mut no_eos = |_: &[u32], logits: &mut [f32]| {
                 for &id in &eos {
                     logits[id as usize] = f32::NEG_INFINITY;
                 }
             };
-            let out = g
-                .generate(
-                    Prompt::Tokens(&prompt),
-                    &opts,
-                    &mut |_| ControlFlow::Continue(()),
-                    Some(&mut no_eos),
-                )
-                .expect("generate");
+            let opts = GenerateOptions { max_tokens, ..opts.clone() };
+            g.generate(Prompt::Tokens(prompt), &opts, &mut |_| ControlFlow::Continue(()), Some(&mut no_eos)).expect("generate")
+        };
+        for rep in 0..=reps {
+            // As llama-bench: pp is the prompt's one forward pass; tg is `gen_len` single-token
+            // passes from an empty context (a one-token prompt), not after the prompt.
+            let prompt_run = run(&prompt, 1);
+            let gen_run = run(&prompt[..1], gen_len + 1);
             if rep == 0 {
                 continue; // warm-up
             }
-            pp.push(prompt_len as f64 / out.prompt_time.as_secs_f64());
+            pp.push(prompt_len as f64 / prompt_run.prompt_time.as_secs_f64());
             // The last sampled token is not run through the model.
-            let forwards = out.completion_tokens.saturating_sub(1).max(1);
-            tg.push(forwards as f64 / out.generation_time.as_secs_f64());
+            let forwards = gen_run.completion_tokens.saturating_sub(1).max(1);
+            tg.push(forwards as f64 / gen_run.generation_time.as_secs_f64());
         }
         println!(
             "{form:<8} {load_s:>10.2} {:>10.2} {:>10.2}",

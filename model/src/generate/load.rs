@@ -36,8 +36,9 @@ pub(crate) enum Backend {
         config: llama::Config,
     },
     QuantizedQwen2(quantized_qwen2::ModelWeights),
-    /// Qwen2 from a GGUF whose projections are all Q8_0: our own decoder (q8.rs).
-    Q8Qwen2(Box<super::q8::Q8Qwen2>),
+    /// Qwen2 from a GGUF whose projections are all Q8_0, Q5_0, Q4_K or Q6_K (llama.cpp's Q8_0
+    /// and Q4_K_M): our own decoder (own.rs).
+    OwnQwen2(Box<super::own::OwnQwen2>),
     QuantizedQwen3(quantized_qwen3::ModelWeights),
     QuantizedLlama(quantized_llama::ModelWeights),
 }
@@ -51,7 +52,7 @@ impl Backend {
             Backend::Qwen3(m) => m.forward(&input, pos)?,
             Backend::Llama { model, cache, .. } => model.forward(&input, pos, cache)?,
             Backend::QuantizedQwen2(m) => m.forward(&input, pos)?,
-            Backend::Q8Qwen2(m) => return m.forward(tokens, pos),
+            Backend::OwnQwen2(m) => return m.forward(tokens, pos),
             Backend::QuantizedQwen3(m) => m.forward(&input, pos)?,
             Backend::QuantizedLlama(m) => m.forward(&input, pos)?,
         };
@@ -60,7 +61,7 @@ impl Backend {
 
     pub(crate) fn engine(&self) -> &'static str {
         match self {
-            Backend::Q8Qwen2(_) => "q8",
+            Backend::OwnQwen2(_) => "ghost",
             _ => "candle",
         }
     }
@@ -74,7 +75,7 @@ impl Backend {
                 *cache = llama::Cache::new(true, DType::F32, config, &Device::Cpu)?
             }
             Backend::QuantizedQwen2(m) => m.clear_kv_cache(),
-            Backend::Q8Qwen2(m) => m.clear_kv_cache(),
+            Backend::OwnQwen2(m) => m.clear_kv_cache(),
             Backend::QuantizedQwen3(m) => m.clear_kv_cache(),
             Backend::QuantizedLlama(m) => m.clear_kv_cache(),
         }
@@ -379,15 +380,15 @@ fn load_gguf(_dir: &Path, path: &Path, candle_only: bool) -> Result<LoadedWeight
     let device = Device::Cpu;
     let backend = match architecture {
         Architecture::Qwen2 => {
-            // Our Q8_0 decoder where every projection is Q8_0 (`GHOST_MODEL_ENGINE=candle`
+            // Our decoder where every projection is of a type it runs (`GHOST_MODEL_ENGINE=candle`
             // keeps Candle's, to compare); Candle's for every other quantization.
             let ours = if candle_only {
                 None
             } else {
-                super::q8::Q8Qwen2::from_gguf(&content, &mut reader, rayon::current_num_threads()).map_err(|e| corrupt(e.to_string()))?
+                super::own::OwnQwen2::from_gguf(&content, &mut reader, rayon::current_num_threads()).map_err(|e| corrupt(e.to_string()))?
             };
             match ours {
-                Some(m) => Ok(Backend::Q8Qwen2(Box::new(m))),
+                Some(m) => Ok(Backend::OwnQwen2(Box::new(m))),
                 None => quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, &device).map(Backend::QuantizedQwen2),
             }
         }

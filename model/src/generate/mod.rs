@@ -57,7 +57,7 @@
 mod arch;
 mod error;
 mod load;
-mod q8;
+mod own;
 mod run;
 mod sample;
 mod stop;
@@ -314,7 +314,7 @@ impl Generator {
         self.pool.current_num_threads()
     }
 
-    /// What runs the forward pass: `q8` (our Q8_0 Qwen2 decoder) or `candle`.
+    /// What runs the forward pass: `ghost` (our Qwen2 decoder for Q8_0 and Q4_K_M GGUF, own.rs) or `candle`.
     pub fn engine(&self) -> &'static str {
         self.backend.engine()
     }
