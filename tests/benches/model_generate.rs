@@ -5,7 +5,8 @@
 //! environment: `GHOST_BENCH_THREADS` (2), `GHOST_BENCH_PROMPT` (prompt tokens, 128),
 //! `GHOST_BENCH_GEN` (generated tokens, 64), `GHOST_BENCH_REPS` (3), `GHOST_BENCH_DIR` (where the
 //! ~2.9 GB of fixture files are written once and reused; default target/bench-fixtures),
-//! `GHOST_BENCH_FORMS` (comma list of q4_k_m,q8_0,f32; all by default).
+//! `GHOST_BENCH_FORMS` (comma list of q4_k_m,q8_0,f32; all by default), `GHOST_BENCH_DEPTH`
+//! (tokens in the context before generation is timed, 0; llama-bench's `-d`).
 //!
 //! Measured the way llama.cpp's llama-bench measures, so the figures compare with
 //! `llama-bench -m FILE.gguf -t 2 -p 128 -n 64 -r 3`: pp = prompt tokens / time of the one
@@ -63,6 +64,7 @@ fn main() {
     let threads = env_usize("GHOST_BENCH_THREADS", 2);
     let prompt_len = env_usize("GHOST_BENCH_PROMPT", 128);
     let gen_len = env_usize("GHOST_BENCH_GEN", 64);
+    let depth = env_usize("GHOST_BENCH_DEPTH", 0);
     let reps = env_usize("GHOST_BENCH_REPS", 3).max(1);
     let forms_env = std::env::var("GHOST_BENCH_FORMS").unwrap_or_else(|_| "q4_k_m,q8_0,f32".into());
     let wanted: Vec<&str> = forms_env.split(',').map(str::trim).collect();
@@ -79,7 +81,7 @@ fn main() {
         });
     let dir = fixture_dir(&dir, forms);
 
-    println!("model_generate: Qwen2.5-0.5B shape, random weights, {threads} threads, pp{prompt_len} tg{gen_len}, median of {reps}");
+    println!("model_generate: Qwen2.5-0.5B shape, random weights, {threads} threads, pp{prompt_len} tg{gen_len} at depth {depth}, median of {reps}");
     println!(
         "{:<8} {:>10} {:>10} {:>10}",
         "form", "load s", "pp tok/s", "tg tok/s"
@@ -104,6 +106,7 @@ fn main() {
         let load_s = t.elapsed().as_secs_f64();
         // Ordinary tokens (no specials), the same for every form.
         let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| (i * 7) % 900).collect();
+        let depth_prompt: Vec<u32> = (0..depth.max(1) as u32).map(|i| (i * 7) % 900).collect();
         let eos = g.eos_token_ids().to_vec();
         let opts = GenerateOptions {
             max_tokens: gen_len,
@@ -123,9 +126,10 @@ fn main() {
         };
         for rep in 0..=reps {
             // As llama-bench: pp is the prompt's one forward pass; tg is `gen_len` single-token
-            // passes from an empty context (a one-token prompt), not after the prompt.
+            // passes from an empty context (a one-token prompt), or after `depth` tokens
+            // (llama-bench's `-d`).
             let prompt_run = run(&prompt, 1);
-            let gen_run = run(&prompt[..1], gen_len + 1);
+            let gen_run = run(&depth_prompt[..depth.max(1)], gen_len + 1);
             if rep == 0 {
                 continue; // warm-up
             }

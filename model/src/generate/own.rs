@@ -1,6 +1,6 @@
 //! A Qwen2 decoder of our own for the GGUF forms the image fetches (llama.cpp's Q8_0 and Q4_K_M
 //! of Qwen2.5), because Candle's generic path leaves this CPU's speed on the table
-//! (BENCHMARKS.md, "Where the generation time goes"): Candle 0.11 takes its AVX-512-VNNI
+//! (BENCHMARKS.md, "Where the Q8_0 generation time went in Candle"): Candle 0.11 takes its AVX-512-VNNI
 //! kernels only when a row is a multiple of 256 wide, Qwen2.5-0.5B's rows are 896 wide, and it
 //! has no SIMD Q5_0 product at all — and Q5_0 is what most of a Q4_K_M file of a model that
 //! narrow holds (llama.cpp's fallback for rows that are not whole k-quant super-blocks).
@@ -51,7 +51,7 @@ macro_rules! dispatch {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             Kernel::Avx2 => unsafe { x86::$avx2($w, $x) },
-            Kernel::Scalar => dot4_scalar($w, $x),
+            Kernel::Scalar => $x.map(|x| dot4_scalar($w, x)),
         }
     };
 }
@@ -61,6 +61,10 @@ macro_rules! dispatch {
 /// `scale(j, i / 16) · int(j, i) − min(j)`.
 trait Tile: Copy + Send + Sync + 'static {
     const ZERO: Self;
+    /// Whether several tokens share one unpacking of each tile (prompt processing): worth it
+    /// where unpacking costs work (nibbles, high bits); Q8_0's rows are loaded as they are and
+    /// four tokens at once only crowd the registers (measured: 6 % slower prompts).
+    const GROUP: bool = true;
     fn int(&self, j: usize, i: usize) -> i32;
     /// The scale of row `j`'s values `16·half .. 16·half + 16`.
     fn scale(&self, j: usize, half: usize) -> f32;
@@ -70,8 +74,8 @@ trait Tile: Copy + Send + Sync + 'static {
     fn weight(&self, j: usize, i: usize) -> f32 {
         self.scale(j, i / 16) * self.int(j, i) as f32 - self.min(j)
     }
-    /// Four dot products of one row quad (its tiles) with one activation.
-    fn dot4(k: Kernel, w: &[Self], x: &Acts) -> [f32; 4];
+    /// The dot products of one row quad (its tiles) with `N` activations: `[token][row]`.
+    fn dot<const N: usize>(k: Kernel, w: &[Self], xs: &[&Acts; N]) -> [[f32; 4]; N];
 }
 
 /// Nibbles of a tile's four rows: byte `i` of `q[p]` holds row `2p`'s value `i` in its low
@@ -128,14 +132,15 @@ struct T6 {
 
 impl Tile for T8 {
     const ZERO: T8 = T8 { d: [f16::ZERO; 4], q: [[0; BLOCK]; 4] };
+    const GROUP: bool = false;
     fn int(&self, j: usize, i: usize) -> i32 {
         self.q[j][i] as i32
     }
     fn scale(&self, j: usize, _: usize) -> f32 {
         self.d[j].to_f32()
     }
-    fn dot4(k: Kernel, w: &[T8], x: &Acts) -> [f32; 4] {
-        dispatch!(k, w, x, dot8_vnni, dot8_avx2)
+    fn dot<const N: usize>(k: Kernel, w: &[T8], xs: &[&Acts; N]) -> [[f32; 4]; N] {
+        dispatch!(k, w, xs, dot8_vnni, dot8_avx2)
     }
 }
 
@@ -148,8 +153,8 @@ impl Tile for T5 {
     fn scale(&self, j: usize, _: usize) -> f32 {
         self.d[j].to_f32()
     }
-    fn dot4(k: Kernel, w: &[T5], x: &Acts) -> [f32; 4] {
-        dispatch!(k, w, x, dot5_vnni, dot5_avx2)
+    fn dot<const N: usize>(k: Kernel, w: &[T5], xs: &[&Acts; N]) -> [[f32; 4]; N] {
+        dispatch!(k, w, xs, dot5_vnni, dot5_avx2)
     }
 }
 
@@ -164,8 +169,8 @@ impl Tile for T4 {
     fn min(&self, j: usize) -> f32 {
         self.m[j].to_f32()
     }
-    fn dot4(k: Kernel, w: &[T4], x: &Acts) -> [f32; 4] {
-        dispatch!(k, w, x, dot4k_vnni, dot4k_avx2)
+    fn dot<const N: usize>(k: Kernel, w: &[T4], xs: &[&Acts; N]) -> [[f32; 4]; N] {
+        dispatch!(k, w, xs, dot4k_vnni, dot4k_avx2)
     }
 }
 
@@ -178,8 +183,8 @@ impl Tile for T6 {
     fn scale(&self, j: usize, half: usize) -> f32 {
         self.d[2 * j + half].to_f32()
     }
-    fn dot4(k: Kernel, w: &[T6], x: &Acts) -> [f32; 4] {
-        dispatch!(k, w, x, dot6_vnni, dot6_avx2)
+    fn dot<const N: usize>(k: Kernel, w: &[T6], xs: &[&Acts; N]) -> [[f32; 4]; N] {
+        dispatch!(k, w, xs, dot6_vnni, dot6_avx2)
     }
 }
 
@@ -471,11 +476,11 @@ mod x86 {
         w
     }
 
-    /// Four f16 scales times the activation's, each broadcast over a row's eight lanes.
+    /// Four f16 scales, each broadcast over a row's eight lanes.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn scales4(d: &[half::f16; 4], xd: f32) -> [__m256; 4] {
-        let v = _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64(d.as_ptr() as *const __m128i)), _mm_set1_ps(xd));
+    unsafe fn scales4(d: &[half::f16; 4]) -> [__m256; 4] {
+        let v = _mm_cvtph_ps(_mm_loadl_epi64(d.as_ptr() as *const __m128i));
         let mut s = [0f32; 4];
         _mm_storeu_ps(s.as_mut_ptr(), v);
         s.map(|s| _mm256_set1_ps(s))
@@ -483,27 +488,27 @@ mod x86 {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn sc8(t: &T8, xd: f32) -> [__m256; 4] {
-        scales4(&t.d, xd)
+    unsafe fn sc8(t: &T8) -> [__m256; 4] {
+        scales4(&t.d)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn sc5(t: &T5, xd: f32) -> [__m256; 4] {
-        scales4(&t.d, xd)
+    unsafe fn sc5(t: &T5) -> [__m256; 4] {
+        scales4(&t.d)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn sc4(t: &T4, xd: f32) -> [__m256; 4] {
-        scales4(&t.d, xd)
+    unsafe fn sc4(t: &T4) -> [__m256; 4] {
+        scales4(&t.d)
     }
 
     /// Two scales per row: lanes 0–3 of a product hold values 0–15, lanes 4–7 values 16–31.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn sc6(t: &T6, xd: f32) -> [__m256; 4] {
-        let v = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(t.d.as_ptr() as *const __m128i)), _mm256_set1_ps(xd));
+    unsafe fn sc6(t: &T6) -> [__m256; 4] {
+        let v = _mm256_cvtph_ps(_mm_loadu_si128(t.d.as_ptr() as *const __m128i));
         [
             _mm256_permutevar8x32_ps(v, _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0)),
             _mm256_permutevar8x32_ps(v, _mm256_set_epi32(3, 3, 3, 3, 2, 2, 2, 2)),
@@ -531,29 +536,36 @@ mod x86 {
         acc
     }
 
-    /// One kernel per tile type and instruction set: the same walk over a row quad's tiles,
-    /// with `$dot` the sums of four products of activation `$x` (signed, `$ax` = |x|) and
-    /// weights `$w` in each 32-bit lane.
+    /// One kernel per tile type and instruction set: the same walk over a row quad's tiles
+    /// for `N` tokens at once (each tile's rows unpacked once for all of them), with `$dot` the
+    /// sums of four products of activation `$x` (signed, `$ax` = |x|) and weights `$w` in each
+    /// 32-bit lane.
     macro_rules! dot4_kernel {
         ($name:ident, $tile:ty, $weights:ident, $scales:ident, $min:ident, $features:literal, |$x:ident, $ax:ident, $w:ident| $dot:expr) => {
             #[target_feature(enable = $features)]
-            pub unsafe fn $name(w: &[$tile], x: &Acts) -> [f32; 4] {
-                let mut acc = [_mm256_setzero_ps(); 4];
-                let mut mins = _mm_setzero_ps();
+            pub unsafe fn $name<const N: usize>(w: &[$tile], xs: &[&Acts; N]) -> [[f32; 4]; N] {
+                let mut acc = [[_mm256_setzero_ps(); 4]; N];
+                let mut mins = [_mm_setzero_ps(); N];
                 for (b, t) in w.iter().enumerate() {
-                    let $x = _mm256_loadu_si256(x.quants.as_ptr().add(b * BLOCK) as *const __m256i);
-                    let $ax = _mm256_sign_epi8($x, $x);
-                    let sc = $scales(t, *x.scales.get_unchecked(b));
                     let rows = $weights(t);
-                    for j in 0..4 {
-                        let $w = rows[j];
-                        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot), sc[j], acc[j]);
+                    let sc = $scales(t);
+                    for n in 0..N {
+                        let x = xs[n];
+                        let $x = _mm256_loadu_si256(x.quants.as_ptr().add(b * BLOCK) as *const __m256i);
+                        let $ax = _mm256_sign_epi8($x, $x);
+                        let xd = _mm256_set1_ps(*x.scales.get_unchecked(b));
+                        for j in 0..4 {
+                            let $w = rows[j];
+                            acc[n][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot), _mm256_mul_ps(sc[j], xd), acc[n][j]);
+                        }
+                        mins[n] = $min(t, *x.sums.get_unchecked(b), mins[n]);
                     }
-                    mins = $min(t, *x.sums.get_unchecked(b), mins);
                 }
-                let mut m = [0f32; 4];
-                _mm_storeu_ps(m.as_mut_ptr(), mins);
-                [hsum(acc[0]) - m[0], hsum(acc[1]) - m[1], hsum(acc[2]) - m[2], hsum(acc[3]) - m[3]]
+                std::array::from_fn(|n| {
+                    let mut m = [0f32; 4];
+                    _mm_storeu_ps(m.as_mut_ptr(), mins[n]);
+                    std::array::from_fn(|j| hsum(acc[n][j]) - m[j])
+                })
             }
         };
     }
@@ -744,11 +756,23 @@ unsafe fn rows<T: Tile>(k: Kernel, w: &QMatrix, tiles: &[T], xs: &[Acts], out: *
     let mut r = r0;
     while r < r1 {
         let quad = &tiles[(r / 4) * w.blocks..(r / 4 + 1) * w.blocks];
-        for (t, x) in xs.iter().enumerate() {
-            let d = T::dot4(k, quad, x);
+        // Tokens four at a time (each tile unpacked once for the four) where that pays, then
+        // one by one.
+        let put = |t: usize, d: [f32; 4]| {
             for (j, v) in d.iter().enumerate().take(r1 - r) {
                 *out.add(t * w.rows + r + j) = *v;
             }
+        };
+        let mut t = 0;
+        while T::GROUP && t + 4 <= xs.len() {
+            let d = T::dot(k, quad, &[&xs[t], &xs[t + 1], &xs[t + 2], &xs[t + 3]]);
+            for (i, d) in d.into_iter().enumerate() {
+                put(t + i, d);
+            }
+            t += 4;
+        }
+        for (t, x) in xs.iter().enumerate().skip(t) {
+            put(t, T::dot(k, quad, &[x])[0]);
         }
         r += 4;
     }
@@ -1087,7 +1111,7 @@ mod tests {
     /// For every type we run, from tensors Candle quantized: the repacked rows are Candle's
     /// dequantized rows (up to the f16 rounding of k-quant sub-block scales), and every kernel
     /// on any number of threads computes the products of those weights with the quantized
-    /// activation, for one token and for three.
+    /// activation, for one token, three (one by one) and six (four at once, then two).
     #[test]
     fn every_type_is_repacked_to_candles_values_and_every_kernel_multiplies_them() {
         let (rows, cols) = (7, 512);
@@ -1095,7 +1119,7 @@ mod tests {
         // Weights of mixed magnitude, as real rows are: some blocks ten times the others.
         let w: Vec<f32> = random(rows * cols, &mut seed).iter().enumerate().map(|(i, v)| if (i / 48) % 5 == 0 { v * 0.5 } else { v * 0.05 }).collect();
         let wt = candle_core::Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
-        let xs: Vec<Acts> = (0..3).map(|_| acts(&random(cols, &mut seed))).collect();
+        let xs: Vec<Acts> = (0..6).map(|_| acts(&random(cols, &mut seed))).collect();
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4K, GgmlDType::Q6K] {
             let q = QTensor::quantize(&wt, dtype).unwrap();
             let candle: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
@@ -1125,7 +1149,7 @@ mod tests {
             for k in kernels() {
                 for threads in [1, 2, 3] {
                     let pool = Pool::new(threads);
-                    for tokens in [1, 3] {
+                    for tokens in [1, 3, 6] {
                         let mut out = vec![0f32; rows * tokens];
                         matmul(&pool, k, &m, &xs[..tokens], &mut out);
                         for (c, (got, (want, size))) in out.iter().zip(&want).enumerate() {

@@ -29,13 +29,13 @@ const QWEN_TOKENIZER: Entry = Entry { repo: "Qwen/Qwen2.5-0.5B-Instruct", role: 
 const MINILM: Entry = Entry { repo: "sentence-transformers/all-MiniLM-L6-v2", role: "embed", files: &["config.json", "model.safetensors", "tokenizer.json"] };
 
 pub const CHOICES: &[Choice] = &[
-    Choice { id: IMAGE, title: "Qwen2.5-0.5B-Instruct Q8_0 + MiniLM (the image's)", bytes: 775_000_000, entries: None },
+    Choice { id: IMAGE, title: "Qwen2.5-0.5B-Instruct Q4_K_M + MiniLM (the image's)", bytes: 590_000_000, entries: None },
     Choice {
-        id: "small",
-        title: "Qwen2.5-0.5B-Instruct Q4_K_M + MiniLM (smaller)",
-        bytes: 590_000_000,
+        id: "q8_0",
+        title: "Qwen2.5-0.5B-Instruct Q8_0 + MiniLM (larger, closer to the full model)",
+        bytes: 775_000_000,
         entries: Some(&[
-            Entry { repo: "Qwen/Qwen2.5-0.5B-Instruct-GGUF", role: "generate", files: &["qwen2.5-0.5b-instruct-q4_k_m.gguf"] },
+            Entry { repo: "Qwen/Qwen2.5-0.5B-Instruct-GGUF", role: "generate", files: &["qwen2.5-0.5b-instruct-q8_0.gguf"] },
             QWEN_TOKENIZER,
             MINILM,
         ]),
@@ -102,8 +102,8 @@ mod tests {
         let image: toml::Value = toml::Value::Array(vec![toml::Value::Table(toml::Table::from_iter([("repo".to_string(), "a/b".into())]))]);
         assert_eq!(Choice::find(IMAGE).unwrap().models(Some(&image)), image);
         assert_eq!(Choice::find(NONE).unwrap().models(Some(&image)), toml::Value::Array(vec![]));
-        let small = Choice::find("small").unwrap().models(None);
-        let roles: Vec<_> = small.as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap().to_string()).collect();
+        let q8 = Choice::find("q8_0").unwrap().models(None);
+        let roles: Vec<_> = q8.as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap().to_string()).collect();
         assert_eq!(roles, ["generate", "tokenizer", "embed"]);
     }
 }
