@@ -606,6 +606,23 @@ struct Job<'a> {
     next: AtomicUsize,
     /// Workers that have not finished with this job yet.
     pending: AtomicUsize,
+    /// A task panicked (caught, so that every thread still counts itself out).
+    panicked: AtomicBool,
+}
+
+impl Job<'_> {
+    /// Takes and runs tasks until none are left.
+    fn work(&self) {
+        loop {
+            let t = self.next.fetch_add(1, Ordering::AcqRel);
+            if t >= self.tasks {
+                break;
+            }
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.f)(t))).is_err() {
+                self.panicked.store(true, Ordering::Release);
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -648,22 +665,20 @@ impl Pool {
             (0..tasks).for_each(f);
             return;
         }
-        let job = Job { f, tasks, next: AtomicUsize::new(0), pending: AtomicUsize::new(self.workers.len()) };
+        let job = Job { f, tasks, next: AtomicUsize::new(0), pending: AtomicUsize::new(self.workers.len()), panicked: AtomicBool::new(false) };
         self.shared.job.store(&job as *const Job as *mut (), Ordering::Release);
         self.shared.epoch.fetch_add(1, Ordering::AcqRel);
         for w in &self.workers {
             w.thread().unpark();
         }
-        loop {
-            let t = job.next.fetch_add(1, Ordering::AcqRel);
-            if t >= tasks {
-                break;
-            }
-            f(t);
-        }
+        job.work();
         // Every worker acknowledges the job before it may go: nobody touches `job` afterwards.
         while job.pending.load(Ordering::Acquire) != 0 {
             std::hint::spin_loop();
+        }
+        // Only now, with every thread done with `job`, may a panic leave this frame.
+        if job.panicked.load(Ordering::Acquire) {
+            panic!("a task of the matrix-product pool panicked");
         }
     }
 }
@@ -691,13 +706,7 @@ fn worker(s: &Shared) {
         // SAFETY: the caller of `run` keeps the job alive until every worker has counted
         // itself out of `pending`, which is the last thing done with it here.
         let job = unsafe { &*(s.job.load(Ordering::Acquire) as *const Job) };
-        loop {
-            let t = job.next.fetch_add(1, Ordering::AcqRel);
-            if t >= job.tasks {
-                break;
-            }
-            (job.f)(t);
-        }
+        job.work();
         job.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -1159,6 +1168,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A panicking task neither hangs the caller (waiting for a worker that died) nor leaves
+    /// the frame while workers still read the job: the caller panics once all are done, and the
+    /// pool keeps working.
+    #[test]
+    fn a_panicking_task_reaches_the_caller_and_the_pool_goes_on() {
+        let pool = Pool::new(3);
+        let ran = AtomicUsize::new(0);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(60, &|t| {
+                ran.fetch_add(1, Ordering::Relaxed);
+                assert!(t % 7 != 3, "task {t} fails on purpose");
+            })
+        }));
+        assert!(caught.is_err(), "the caller sees the panic");
+        assert_eq!(ran.load(Ordering::Relaxed), 60, "every task still ran");
+        let sum = AtomicUsize::new(0);
+        pool.run(100, &|t| {
+            sum.fetch_add(t, Ordering::Relaxed);
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 4950);
     }
 
     #[test]
