@@ -1,6 +1,7 @@
 //! Loading weights: safetensors through a memory-mapped VarBuilder (converted to f32, the type
 //! Candle's CPU matmuls are fastest in), GGUF through candle's `gguf_file` reader into the
-//! quantized model of the family. Every failure names the file; a GGUF whose tensors reach past
+//! quantized model of the family, or for Qwen2 in llama.cpp's Q8_0 and Q4_K_M types into our
+//! own decoder's tiles (own.rs). Every failure names the file; a GGUF whose tensors reach past
 //! the end of the file is refused before any tensor is read.
 
 use std::fs::File;

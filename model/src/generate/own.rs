@@ -827,8 +827,7 @@ pub struct OwnQwen2 {
 
 impl OwnQwen2 {
     /// From a Qwen2 GGUF whose projections are all of the types [`supported`] lists, with rows
-    /// of whole blocks; `Ok(None)` for
-    /// any other file (Candle's own model then runs it).
+    /// of whole blocks; `Ok(None)` for any other file (Candle's own model then runs it).
     pub fn from_gguf<R: std::io::Read + std::io::Seek>(content: &gguf_file::Content, reader: &mut R, threads: usize) -> candle_core::Result<Option<OwnQwen2>> {
         let md = |k: &str| content.metadata.get(k).ok_or_else(|| err(format!("no `{k}` in the metadata")));
         let heads = md("qwen2.attention.head_count")?.to_u32()? as usize;
