@@ -279,6 +279,53 @@ fn our_decoder_on_q4_k_m_is_as_close_to_the_f32_model_as_candles() {
     ours_is_as_close_to_the_f32_model_as_candles(model().gguf_q4_k_m.as_ref().unwrap(), 0.8, false);
 }
 
+/// Greedy generation of `prompt` by `g`, with every step's logits.
+fn greedy_steps(g: &mut Generator, prompt: &[u32], n: usize) -> (Generation, Vec<Vec<f32>>) {
+    let mut steps = Vec::new();
+    let mut hook = |_: &[u32], logits: &mut [f32]| steps.push(logits.to_vec());
+    let out = g.generate(Prompt::Tokens(prompt), &greedy(n), &mut |_| ControlFlow::Continue(()), Some(&mut hook)).unwrap();
+    (out, steps)
+}
+
+/// A prompt that begins with what the last generation ran (a chat's next round, the same
+/// system prompt and tools) reuses those tokens' cached keys and values: only the rest goes
+/// through the model, and every logit is bit for bit a fresh generator's. A prompt that
+/// departs early keeps only the common part; Candle's models never reuse.
+#[test]
+fn a_prompt_that_extends_the_last_one_runs_only_its_new_tokens_with_the_same_logits() {
+    let m = model();
+    for path in [m.gguf_q8_0.as_ref().unwrap(), m.gguf_q4_k_m.as_ref().unwrap()] {
+        let (mut warm, mut cold) = (load(path), load(path));
+        let first: Vec<u32> = (0..40).map(|i| (i * 7) % 400 + 10).collect();
+        let (one, _) = greedy_steps(&mut warm, &first, 5);
+        assert_eq!(one.cached_prompt_tokens, 0, "{}: nothing cached before", path.display());
+        let mut second = first.clone();
+        second.extend(&one.tokens);
+        second.extend([11, 12, 13]);
+        let (w, warm_steps) = greedy_steps(&mut warm, &second, 4);
+        let (c, cold_steps) = greedy_steps(&mut cold, &second, 4);
+        // The last sampled token of the first generation never went through the model.
+        assert_eq!((w.cached_prompt_tokens, c.cached_prompt_tokens), (first.len() + one.tokens.len() - 1, 0), "{}", path.display());
+        assert_eq!(w.tokens, c.tokens, "{}", path.display());
+        assert!(warm_steps == cold_steps, "{}: logits with the cached prefix differ from a fresh run's", path.display());
+        let mut third = first[..10].to_vec();
+        third.extend([99, 98]);
+        let (t, _) = greedy_steps(&mut warm, &third, 2);
+        assert_eq!(t.cached_prompt_tokens, 10, "{}: only the common part is kept", path.display());
+        // Asking the same prompt again runs its last token (for the logits) and nothing else.
+        let (again, again_steps) = greedy_steps(&mut warm, &second, 4);
+        let (_, fresh_steps) = greedy_steps(&mut load(path), &second, 4);
+        assert_eq!(again.cached_prompt_tokens, 10, "{}: the third prompt replaced the cache", path.display());
+        assert!(again_steps == fresh_steps, "{}", path.display());
+        let (same, _) = greedy_steps(&mut warm, &second, 4);
+        assert_eq!(same.cached_prompt_tokens, second.len() - 1, "{}", path.display());
+    }
+    let mut candle = Generator::load(m.gguf_q8_0.as_ref().unwrap(), &LoadOptions { threads: 2, weights: None, candle_only: true }).unwrap();
+    let prompt: Vec<u32> = (0..20).map(|i| i + 10).collect();
+    greedy_steps(&mut candle, &prompt, 2);
+    assert_eq!(greedy_steps(&mut candle, &prompt, 2).0.cached_prompt_tokens, 0, "Candle's models clear their cache");
+}
+
 #[test]
 fn greedy_safetensors_and_quantized_agree_within_quantization_error() {
     let m = model();

@@ -122,6 +122,8 @@ fn main() {
                 }
             };
             let opts = GenerateOptions { max_tokens, ..opts.clone() };
+            // Every pass from an empty cache, as llama-bench's.
+            g.forget_cache();
             g.generate(Prompt::Tokens(prompt), &opts, &mut |_| ControlFlow::Continue(()), Some(&mut no_eos)).expect("generate")
         };
         for rep in 0..=reps {

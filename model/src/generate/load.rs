@@ -67,6 +67,15 @@ impl Backend {
         }
     }
 
+    /// Keeps the first `n` cached positions and forgets the rest, where the backend can
+    /// (ours); `false` where it cannot (Candle's models only clear).
+    pub(crate) fn truncate_kv_cache(&mut self, n: usize) -> bool {
+        match self {
+            Backend::OwnQwen2(m) => m.truncate_kv_cache(n),
+            _ => false,
+        }
+    }
+
     /// Forgets every cached position, so the next forward starts a new sequence at 0.
     pub(crate) fn clear_kv_cache(&mut self) -> candle_core::Result<()> {
         match self {

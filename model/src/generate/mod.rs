@@ -182,6 +182,9 @@ pub struct Generation {
     pub completion_tokens: usize,
     /// The sampled ids (same count as `completion_tokens`).
     pub tokens: Vec<u32>,
+    /// Prompt tokens whose keys and values were still cached from the previous generation (the
+    /// longest common prefix; our decoder only), so only the rest went through the model.
+    pub cached_prompt_tokens: usize,
     /// Time of the prompt's forward pass (prompt processing).
     pub prompt_time: Duration,
     /// Time of everything after it (sampling, the per-token forward passes, decoding).
@@ -199,6 +202,8 @@ pub struct Generator {
     weights_path: PathBuf,
     context_length: usize,
     pool: rayon::ThreadPool,
+    /// The tokens whose keys and values the backend's cache holds, positions 0.. in order.
+    cached: Vec<u32>,
 }
 
 impl Generator {
@@ -288,6 +293,7 @@ impl Generator {
             weights_path: loaded.path,
             context_length: loaded.context_length,
             pool,
+            cached: Vec::new(),
         })
     }
 
@@ -312,6 +318,11 @@ impl Generator {
     }
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
+    }
+
+    /// Forgets the cached prompt, so the next generation runs its whole prompt (benchmarks).
+    pub fn forget_cache(&mut self) {
+        self.cached.clear();
     }
 
     /// What runs the forward pass: `ghost` (our Qwen2 decoder for Q8_0 and Q4_K_M GGUF, own.rs) or `candle`.
@@ -362,6 +373,7 @@ impl Generator {
             tokenizer: &self.tokenizer,
             eos_token_ids: &self.eos_token_ids,
             context_length: self.context_length,
+            cached: &mut self.cached,
         };
         run.run(&prompt_ids, opts, on_piece, logits_hook)
     }

@@ -900,6 +900,20 @@ impl OwnQwen2 {
         Ok(Some(OwnQwen2 { embed, output, output_norm, layers, hidden, heads, kv_heads, head_dim, eps, inv_freq, context_length, cached: 0, pool: Pool::new(threads), kernel: kernel() }))
     }
 
+    /// Keeps the first `n` cached positions (at most those cached); `true` when all `n` are.
+    pub fn truncate_kv_cache(&mut self, n: usize) -> bool {
+        if n > self.cached {
+            return false;
+        }
+        let kvd = self.kv_heads * self.head_dim;
+        for l in &mut self.layers {
+            l.k_cache.truncate(n * kvd);
+            l.v_cache.truncate(n * kvd);
+        }
+        self.cached = n;
+        true
+    }
+
     pub fn clear_kv_cache(&mut self) {
         self.cached = 0;
         for l in &mut self.layers {

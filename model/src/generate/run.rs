@@ -19,14 +19,42 @@ pub(super) struct GenerationRun<'g> {
     pub tokenizer: &'g Tokenizer,
     pub eos_token_ids: &'g [u32],
     pub context_length: usize,
+    /// The tokens in the backend's cache (see [`super::Generator`]).
+    pub cached: &'g mut Vec<u32>,
 }
 
 impl GenerationRun<'_> {
     /// One forward pass on the generator's threads (the loop itself stays on the caller's
     /// thread, so the callback and the hook need not be `Send`).
+    /// Keeps the cache's record: on success `tokens` follow the first `pos` cached ones; a
+    /// failed pass leaves the cache unknown, so the next generation starts from nothing.
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, GenerateError> {
         let backend = &mut *self.backend;
-        Ok(self.pool.install(|| backend.forward(tokens, pos))?)
+        self.cached.truncate(pos);
+        match self.pool.install(|| backend.forward(tokens, pos)) {
+            Ok(logits) => {
+                self.cached.extend_from_slice(tokens);
+                Ok(logits)
+            }
+            Err(e) => {
+                self.cached.clear();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Keeps the cached positions this prompt starts with (always leaving at least its last
+    /// token to run, for the logits), where the backend can; otherwise clears the cache.
+    /// Returns how many are kept.
+    fn reuse_prefix(&mut self, prompt_ids: &[u32]) -> Result<usize, GenerateError> {
+        let common = self.cached.iter().zip(prompt_ids).take_while(|(a, b)| a == b).count().min(prompt_ids.len() - 1);
+        if common > 0 && self.backend.truncate_kv_cache(common) {
+            self.cached.truncate(common);
+            return Ok(common);
+        }
+        self.cached.clear();
+        self.backend.clear_kv_cache()?;
+        Ok(0)
     }
 
     pub(super) fn run(
@@ -62,9 +90,9 @@ impl GenerationRun<'_> {
         let mut context: Vec<u32> = prompt_ids.to_vec();
         let detok = |e: String| GenerateError::Tokenize(e);
 
-        self.backend.clear_kv_cache()?;
+        let cached_prompt_tokens = self.reuse_prefix(prompt_ids)?;
         let start = Instant::now();
-        let mut logits = self.forward(prompt_ids, 0)?;
+        let mut logits = self.forward(&prompt_ids[cached_prompt_tokens..], cached_prompt_tokens)?;
         let prompt_time = start.elapsed();
         let gen_start = Instant::now();
 
@@ -131,6 +159,7 @@ impl GenerationRun<'_> {
             prompt_tokens: prompt_ids.len(),
             completion_tokens: generated.len(),
             tokens: generated,
+            cached_prompt_tokens,
             prompt_time,
             generation_time: gen_start.elapsed(),
         })

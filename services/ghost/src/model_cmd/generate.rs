@@ -60,10 +60,11 @@ pub fn run(a: GenerateArgs, root: &GhostRoot) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let mut model = Generator::load_with_tokenizer(&weights, tokenizer.as_deref(), &LoadOptions { threads: a.threads, weights: None, candle_only: false })?;
     eprintln!(
-        "loaded {} ({:?}, {:?}) in {:.1} s on {} threads",
+        "loaded {} ({:?}, {:?}, engine {}) in {:.1} s on {} threads",
         model.weights_path().display(),
         model.architecture(),
         model.format(),
+        model.engine(),
         started.elapsed().as_secs_f64(),
         model.threads()
     );

@@ -130,10 +130,11 @@ impl BringUp {
             match result {
                 Ok(g) => {
                     eprintln!(
-                        "ghost model serve: loaded {} ({:?}, {:?}, context {}) in {:.1} s on {} threads",
+                        "ghost model serve: loaded {} ({:?}, {:?}, engine {}, context {}) in {:.1} s on {} threads",
                         g.weights_path().display(),
                         g.architecture(),
                         g.format(),
+                        g.engine(),
                         g.context_length(),
                         started.elapsed().as_secs_f64(),
                         g.threads()
