@@ -486,24 +486,6 @@ mod x86 {
         s.map(|s| _mm256_set1_ps(s))
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    unsafe fn sc8(t: &T8) -> [__m256; 4] {
-        scales4(&t.d)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    unsafe fn sc5(t: &T5) -> [__m256; 4] {
-        scales4(&t.d)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    unsafe fn sc4(t: &T4) -> [__m256; 4] {
-        scales4(&t.d)
-    }
-
     /// Two scales per row: lanes 0–3 of a product hold values 0–15, lanes 4–7 values 16–31.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
@@ -517,23 +499,12 @@ mod x86 {
         ]
     }
 
-    /// Σ min · block sum, for the tiles that have a min (Q4_K's, and Q5_0's 16 · d); the
-    /// others add nothing.
+    /// `acc` + `factor` · `sum` · the four f16 `m`: the Σ min · block sum of the tiles that have
+    /// a min (Q4_K's, and Q5_0's 16 · d).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn min4(t: &T4, sum: f32, acc: __m128) -> __m128 {
-        _mm_fmadd_ps(_mm_cvtph_ps(_mm_loadl_epi64(t.m.as_ptr() as *const __m128i)), _mm_set1_ps(sum), acc)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn min5(t: &T5, sum: f32, acc: __m128) -> __m128 {
-        _mm_fmadd_ps(_mm_cvtph_ps(_mm_loadl_epi64(t.d.as_ptr() as *const __m128i)), _mm_set1_ps(16.0 * sum), acc)
-    }
-
-    #[inline(always)]
-    fn no_min<T>(_: &T, _: f32, acc: __m128) -> __m128 {
-        acc
+    unsafe fn mins4(m: &[half::f16; 4], factor: f32, sum: f32, acc: __m128) -> __m128 {
+        _mm_fmadd_ps(_mm_cvtph_ps(_mm_loadl_epi64(m.as_ptr() as *const __m128i)), _mm_set1_ps(factor * sum), acc)
     }
 
     /// One kernel per tile type and instruction set: the same walk over a row quad's tiles
@@ -541,14 +512,17 @@ mod x86 {
     /// sums of four products of activation `$x` (signed, `$ax` = |x|) and weights `$w` in each
     /// 32-bit lane.
     macro_rules! dot4_kernel {
-        ($name:ident, $tile:ty, $weights:ident, $scales:ident, $min:ident, $features:literal, |$x:ident, $ax:ident, $w:ident| $dot:expr) => {
+        ($name:ident, $tile:ty, $weights:ident, |$st:ident| $scales:expr, |$mt:ident, $ms:ident, $macc:ident| $min:expr, $features:literal, |$x:ident, $ax:ident, $w:ident| $dot:expr) => {
             #[target_feature(enable = $features)]
             pub unsafe fn $name<const N: usize>(w: &[$tile], xs: &[&Acts; N]) -> [[f32; 4]; N] {
                 let mut acc = [[_mm256_setzero_ps(); 4]; N];
                 let mut mins = [_mm_setzero_ps(); N];
                 for (b, t) in w.iter().enumerate() {
                     let rows = $weights(t);
-                    let sc = $scales(t);
+                    let sc = {
+                        let $st = t;
+                        $scales
+                    };
                     for n in 0..N {
                         let x = xs[n];
                         let $x = _mm256_loadu_si256(x.quants.as_ptr().add(b * BLOCK) as *const __m256i);
@@ -558,7 +532,10 @@ mod x86 {
                             let $w = rows[j];
                             acc[n][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot), _mm256_mul_ps(sc[j], xd), acc[n][j]);
                         }
-                        mins[n] = $min(t, *x.sums.get_unchecked(b), mins[n]);
+                        mins[n] = {
+                            let ($mt, $ms, $macc) = (t, *x.sums.get_unchecked(b), mins[n]);
+                            $min
+                        };
                     }
                 }
                 std::array::from_fn(|n| {
@@ -575,20 +552,21 @@ mod x86 {
     /// most 31) go in as they are. Either way a product is at most 127·127, and two of them fit
     /// the i16 of `vpmaddubsw`: no saturation.
     macro_rules! kernels {
-        ($vnni:ident, $avx2:ident, $tile:ty, $weights:ident, $scales:ident, $min:ident, signed) => {
-            dot4_kernel!($vnni, $tile, $weights, $scales, $min, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", |x, ax, w| _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, _mm256_sign_epi8(w, x)));
-            dot4_kernel!($avx2, $tile, $weights, $scales, $min, "avx2,fma,f16c", |x, ax, w| _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w, x)), _mm256_set1_epi16(1)));
+        ($vnni:ident, $avx2:ident, $tile:ty, $weights:ident, |$st:ident| $scales:expr, |$mt:ident, $ms:ident, $macc:ident| $min:expr, signed) => {
+            dot4_kernel!($vnni, $tile, $weights, |$st| $scales, |$mt, $ms, $macc| $min, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", |x, ax, w| _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, _mm256_sign_epi8(w, x)));
+            dot4_kernel!($avx2, $tile, $weights, |$st| $scales, |$mt, $ms, $macc| $min, "avx2,fma,f16c", |x, ax, w| _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w, x)), _mm256_set1_epi16(1)));
         };
-        ($vnni:ident, $avx2:ident, $tile:ty, $weights:ident, $scales:ident, $min:ident, unsigned) => {
-            dot4_kernel!($vnni, $tile, $weights, $scales, $min, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", |x, _ax, w| _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x));
-            dot4_kernel!($avx2, $tile, $weights, $scales, $min, "avx2,fma,f16c", |x, _ax, w| _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)));
+        ($vnni:ident, $avx2:ident, $tile:ty, $weights:ident, |$st:ident| $scales:expr, |$mt:ident, $ms:ident, $macc:ident| $min:expr, unsigned) => {
+            dot4_kernel!($vnni, $tile, $weights, |$st| $scales, |$mt, $ms, $macc| $min, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", |x, _ax, w| _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x));
+            dot4_kernel!($avx2, $tile, $weights, |$st| $scales, |$mt, $ms, $macc| $min, "avx2,fma,f16c", |x, _ax, w| _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)));
         };
     }
 
-    kernels!(dot8_vnni, dot8_avx2, T8, w8, sc8, no_min, signed);
-    kernels!(dot5_vnni, dot5_avx2, T5, w5, sc5, min5, unsigned);
-    kernels!(dot4k_vnni, dot4k_avx2, T4, w4, sc4, min4, unsigned);
-    kernels!(dot6_vnni, dot6_avx2, T6, w6, sc6, no_min, signed);
+    // Per type: its weights, its scales, and the min it takes off (`acc` where it has none).
+    kernels!(dot8_vnni, dot8_avx2, T8, w8, |t| scales4(&t.d), |_t, _s, acc| acc, signed);
+    kernels!(dot5_vnni, dot5_avx2, T5, w5, |t| scales4(&t.d), |t, s, acc| mins4(&t.d, 16.0, s, acc), unsigned);
+    kernels!(dot4k_vnni, dot4k_avx2, T4, w4, |t| scales4(&t.d), |t, s, acc| mins4(&t.m, 1.0, s, acc), unsigned);
+    kernels!(dot6_vnni, dot6_avx2, T6, w6, |t| sc6(t), |_t, _s, acc| acc, signed);
 }
 
 fn matrix_of<R: std::io::Read + std::io::Seek>(content: &gguf_file::Content, reader: &mut R, name: &str) -> candle_core::Result<Option<QMatrix>> {
